@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Make .venv with brainmri and everything it needs. Safe to run again (it only installs what is missing).
+# Usage: source scripts/setup.sh [dev]     (dev: also the test tools and Debian's chromium for the browser test)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+# torch: keep one that is there; else a GPU machine takes the normal (CUDA) build, and a
+# CPU-only machine the CPU build of 2.13.0 (on the dev/CI machines it lies on local disk).
+if ! python -c 'import torch' 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then python -m pip install -q torch
+  else python -m pip install -q torch==2.13.0; fi
+fi
+if [ "${1:-}" = dev ]; then
+  python -m pip install -q -e '.[dev]'
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+    else echo "Debian's chromium is missing: sudo apt-get install chromium (the browser test needs it)" >&2; fi
+  fi
+else
+  python -m pip install -q -e .
+fi
