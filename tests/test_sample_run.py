@@ -1,0 +1,20 @@
+"The quick start's job on the bundled sample reaches clearly above chance on the sample's held-out groups."
+import json, os, subprocess, sys
+import numpy as np
+import pytest
+from conftest import ROOT, bin_path
+
+@pytest.mark.slow
+def test_sample_run_beats_chance(tmp_path):
+    run = tmp_path / 'sample'
+    env = {**os.environ, 'MPLBACKEND': 'Agg'}
+    r = subprocess.run([bin_path('brainmri_train'), '--preset', 'sample', '--data-dir', str(ROOT / 'data' / 'sample'),
+                        '--store-dir', str(tmp_path / 'store'), '--run-dir', str(run)],
+                       capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = json.loads((run / 'metrics.json').read_text())
+    test = m['best']['test']
+    cm = np.array(test['confusion_matrix'])
+    majority = cm.sum(1).max() / cm.sum()            # the majority-class rate of the held-out split
+    assert test['accuracy'] >= majority + 0.15, (test['accuracy'], majority)
+    assert test['macro_f1'] > 0.5
