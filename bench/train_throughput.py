@@ -5,7 +5,12 @@
     python bench/train_throughput.py --device cuda            # 224 px, batch 64, depths 1 and 2, ablations
     python bench/train_throughput.py --ablations none --depths 2
     python bench/train_throughput.py --full-run               # time full default 60-epoch runs (brainmri.run.run_training)
-    python bench/train_throughput.py --render results.json    # (re)write the docs section from a saved JSON
+    python bench/train_throughput.py --render a.json b.json   # (re)write this device's docs block from saved JSON files
+    bash bench/gpu_session.sh                                 # on a lent GPU machine (see that file)
+
+The CPU figures in docs/benchmarks.md came from
+    python bench/train_throughput.py --device cpu --depths 1 2 --img-size 96 --batch-size 16 --steps 4 \
+        --repeats 2 --loop-check 3 --profile --ablations all --json bench/results/train_throughput_cpu.json
 
 Measured, in one process, at each depth (blocks 1..d open):
   (a) ceiling   model-only forward+backward+AdamW step on synthetic tensors already on the device,
@@ -18,9 +23,12 @@ Measured, in one process, at each depth (blocks 1..d open):
                 per-epoch work (metrics, checkpoints, history) are reported separately.
   (c) original  per-sample albumentations in DataLoader workers (PhaseTransform, strong phase), fp16
                 + GradScaler on CUDA (fp32 on the CPU), no channels_last, eager, a plain loop.
-  plain         (CPU) a hand-written loop over the kit's own data path, same model, batch, precision
-                and accumulation: the CPU goal is kit >= plain within noise.
-Ablations change one setting of (b) at a time. Every measurement runs in try/except, so one failure
+  loop check    (CPU goal) the kit's loop against a plain hand-written loop over the kit's own data
+                path, same model, batch, precision and accumulation, interleaved repeats on 1 thread;
+                also with a width-8 twin of the model, whose negligible arithmetic leaves the loop's cost.
+  sync audit    (CUDA, --sync-audit) host-device synchronisations per batch, by source line.
+Ablations change one setting of (b) at a time, in rounds that each re-measure the default (--repeats);
+the table, too, gives medians of --repeats interleaved runs (3 on the CPU: a shared box is noisy). Every measurement runs in try/except, so one failure
 only leaves a gap, and is bounded by --max-seconds. Results: JSON (--json) and the section
 "## Training throughput" of docs/benchmarks.md (--out; --no-write to skip).
 """
@@ -48,23 +56,41 @@ from brainmri.losses import make_loss
 from brainmri.model import BasicCNNModel, count_flops
 from brainmri.schedule import CompositeLRSchedule
 
+# brainmri.learner picks the compiled model with `self._compiled or self.model`; torch's OptimizedModule
+# raises TypeError from __len__ in that truth test (BasicCNNModel is no container), so Learner(compile=True)
+# fails at construction. Until the learner tests `is not None` (reported), give OptimizedModule a __bool__.
+with contextlib.suppress(Exception):
+    from torch._dynamo.eval_frame import OptimizedModule
+    if '__bool__' not in vars(OptimizedModule): OptimizedModule.__bool__ = lambda self: True
+
 SHARED = ROOT.parent / 'shared' / 'data' / 'figshare-jpg'
 SECTION = '## Training throughput'
 T0 = time.time()
 
 # What each switch was expected to do before it was measured (written into the docs beside the result).
 PREDICTIONS = {
-    'channels_last': 'CUDA: NHWC lets cuDNN pick tensor-core kernels without layout transposes: +10–30 % at depth 2, less at depth 1 (1-channel input). CPU: oneDNN also prefers NHWC for 3×3 convs, but GroupNorm on NHWC is slower there: ±10 %.',
-    'amp': 'CUDA: bf16 and fp16 run the same tensor-core kernels (same speed); fp16 adds GradScaler bookkeeping (a few %); fp32 (TF32 off by default for convs? no: cuDNN allows TF32) is 1.5–3× slower. CPU without AMX: bf16 slower than fp32.',
-    'compile': 'CUDA: fuses GroupNorm+SiLU+noise+dropout+residual (memory-bound, most of the step at 224 px): ~2× (issue: 1000 → 2300 img/s). Costs a compile (tens of seconds) per depth and per train/eval graph. CPU: some fusion gain, minutes of compile on 2 cores.',
-    'cudnn_benchmark': 'CUDA: fixed shapes, so autotuning picks faster conv algorithms once: +0–15 %. With compile the convs still go to cuDNN, so it still matters.',
-    'loader': 'CUDA: per-sample albumentations costs ~1.3 ms/image per core (strong phase); 2300 img/s needs ~3 busy cores plus collation and a 200 KB/image host→device copy; the DeviceLoader removes all of it: large gain wherever the workers cannot keep up. CPU: the batched torch augmentation is ~5× more CPU work than albumentations: slower.',
-    'eval_every': 'Validation is ~15 % of the images of an epoch, forward only (~1/3 of a training step each): ~5 % of an epoch plus eval-mode compile; every 5th epoch saves ~4 % of the epoch time but leaves early stopping, rollback, LR nudging and the plateau schedule blind in between.',
-    'fused': 'CUDA: fused AdamW is one kernel instead of a few per parameter group: under 1 % for 1.6 M parameters every 4th batch.',
-    'dynreg': 'With compile, every new dropout p / noise std the callback sets is a new constant in the graph: a recompile (tens of seconds) per change; the scale moves by 0.1 per epoch while val acc < 0.6, so the first epochs of a run recompile one after another, and after 8 recompiles dynamo falls back to eager.',
-    'tensor_reg': 'Holding p and std in 0-d tensors makes them graph inputs: no recompile, same arithmetic: the throughput of the steady state.',
-    'recipe': 'The adaptive callbacks act once per epoch; per batch only mixup (one extra lerp of the batch) and the recorder (a bincount) run: under 2 %.',
+    'compile': dict(cuda='+60–130 %: fuses the memory-bound GroupNorm→SiLU→noise→dropout→residual chains that dominate a step at 224 px (the issue saw 1000 → 2300 img/s); costs tens of seconds of compile per depth and per train/eval graph.',
+                    cpu='+0–30 % (some fusion of the same chains); ~20 s of compile at depth 1 on 2 cores (a first try).'),
+    'cudnn_benchmark': dict(cuda='+0–15 %: shapes are fixed, so autotuning picks faster conv algorithms once; compiled convs still call cuDNN.'),
+    'loader': dict(cuda='worker DataLoader: albumentations costs ~1.3 ms per image per core in the strong phase; 2300 img/s needs ~3 busy cores plus collation and a 200 KB/image host→device copy: slower wherever 8 workers fall behind the compiled model (likely at depth 1).',
+                   cpu='DeviceLoader on the CPU: the batched grid_sample path costs ~7 ms per 224 px image on one core against ~1.3 ms for albumentations, and runs in the training process instead of the workers: slower.'),
+    'eval_every': dict(cuda='+2–5 % epoch throughput: validation is ~15 % of an epoch\'s images, forward only; but early stopping, rollback, LR nudging and the plateau schedule would be blind in between.',
+                       cpu='+5–10 % epoch throughput (32 val images against 64 train images here), with the same blindness.'),
+    'fused': dict(cuda='under 1 %: one kernel instead of a few per parameter group, for 1.6 M parameters every 4th batch.'),
+    'recipe': dict(cuda='under 2 %: the adaptive callbacks act once per epoch; per batch only mixup (one lerp) and the recorder (a bincount) run.',
+                   cpu='under 2 %, as on CUDA.'),
+    'dynreg': dict(cuda='a recompile (tens of seconds) for every new dropout p / noise std: the scale moves by 0.1 per epoch while val acc < 0.6, so early epochs recompile one after another; after 8 recompiles dynamo gives up and runs eager.'),
+    'tensor_reg': dict(cuda='p and std held in 0-d tensors are graph inputs: no recompile, same arithmetic: the steady-state speed with dynamic regularisation live.'),
+    'channels_last': dict(cuda='+10–30 % at depth 2 (NHWC tensor-core convs without layout transposes), less at depth 1 (1-channel input).',
+                          cpu='±10 % (oneDNN likes NHWC convs, GroupNorm on NHWC is slower).'),
+    'amp': dict(cuda='fp16 ≈ bf16 (same tensor-core kernels) minus a few % for GradScaler; fp32 (TF32 convs) 1.5–2× slower.',
+                cpu='slower than fp32: no AMX here, and autocast adds casts around every GroupNorm.'),
 }
+
+
+def predicted(key: str | None, device: str) -> str:
+    p = PREDICTIONS.get(key or '', {})
+    return p.get('cpu' if device.startswith('CPU') else 'cuda', '')
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -422,11 +448,12 @@ def dynamo_graphs() -> int:
     return 0
 
 
-def kit(ctx: Ctx, depth: int, s: Setting) -> dict:
+def kit(ctx: Ctx, depth: int, s: Setting, model_fn=None, epochs: int | None = None) -> dict:
     dev, a = ctx.device, ctx.args
+    epochs = a.epochs if epochs is None else epochs
     torch.backends.cudnn.benchmark = s.cudnn_benchmark
     tr, va = device_loaders(ctx) if s.loader == 'device' else worker_loaders(ctx)
-    model = make_model(ctx, depth)
+    model = (model_fn or make_model)(ctx, depth)
     if s.tensor_reg: patch_tensor_regularisation(model)
     st = Stamps(dev)
     warm = 1
@@ -438,7 +465,7 @@ def kit(ctx: Ctx, depth: int, s: Setting) -> dict:
         # acts only after the last timed epoch, so the timed epochs show the loop, not the compiler
         delay = s.compile and not s.dynreg_live
         cbs += default_callbacks(progressive_unfreeze=dict(start_blocks=depth),
-                                 dynamic_regularisation=dict(start_epoch=warm + a.epochs if delay else 0))
+                                 dynamic_regularisation=dict(start_epoch=warm + epochs if delay else 0))
     run_dir = Path(tempfile.mkdtemp(dir=ctx.work))
     opt = partial(torch.optim.AdamW, fused=True) if s.fused else torch.optim.AdamW
     learn = Learner(model, tr, va, loss_func=make_loss('ce', weight=ctx.class_weights), lr=1e-2, wd=5e-4, opt_func=opt, cbs=cbs,
@@ -446,7 +473,7 @@ def kit(ctx: Ctx, depth: int, s: Setting) -> dict:
                     channels_last=s.channels_last, compile=s.compile, seed=0, progress_bar=False)
     try:
         with contextlib.redirect_stdout(sys.stderr) if a.quiet_fit else contextlib.nullcontext():
-            learn.fit(warm + a.epochs)
+            learn.fit(warm + epochs)
     finally:
         close_loader(tr); close_loader(va)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -479,17 +506,20 @@ def kit(ctx: Ctx, depth: int, s: Setting) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # (c) the original-style loop, and the plain hand-written loop over the kit's data
 
-def plain_loop(ctx: Ctx, depth: int, amp: str | None, channels_last: bool, loader: str = 'workers', cudnn_benchmark: bool = False) -> dict:
+def plain_loop(ctx: Ctx, depth: int, amp: str | None, channels_last: bool, loader: str = 'workers', cudnn_benchmark: bool = False,
+               model_fn=None, warmup: int | None = None, timed: int | None = None) -> dict:
     dev, a = ctx.device, ctx.args
+    warmup = a.warmup if warmup is None else warmup
+    timed = a.timed_steps if timed is None else timed
     torch.backends.cudnn.benchmark = cudnn_benchmark
     dl, va = device_loaders(ctx) if loader == 'device' else worker_loaders(ctx)
-    model = make_model(ctx, depth).to(dev)
+    model = (model_fn or make_model)(ctx, depth).to(dev)
     if channels_last: model = model.to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, weight_decay=5e-4)
     crit = torch.nn.CrossEntropyLoss(weight=ctx.class_weights.to(dev))
     scaler = torch.amp.GradScaler(dev.type, enabled=amp == 'fp16')
-    total, i, t, c, n_timed = a.warmup + a.timed_steps, 0, None, None, 0
+    total, i, t, c, n_timed = warmup + timed, 0, None, None, 0
     try:
         while i < total:
             for x, y in dl:
@@ -501,7 +531,7 @@ def plain_loop(ctx: Ctx, depth: int, amp: str | None, channels_last: bool, loade
                 if (i + 1) % a.grad_accum == 0:
                     scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
                 i += 1
-                if i == a.warmup: sync(dev); t, c = time.perf_counter(), time.process_time()
+                if i == warmup: sync(dev); t, c = time.perf_counter(), time.process_time()
                 elif t is not None: n_timed += 1
                 if i >= total or (t is not None and time.perf_counter() - t > a.max_seconds): break
             if t is not None and time.perf_counter() - t > a.max_seconds: break
@@ -580,12 +610,12 @@ def full_run(ctx: Ctx, overrides: dict, label: str) -> dict:
     res = dict(settings=label, how=how, wall_s=round(wall, 1), fit_s=round(fit_time.get('s', float('nan')), 1), epochs=len(hist),
                epoch_times=[round(h.get('time') or 0, 2) for h in hist], img_s=float('nan'), images=0, seconds=wall,
                best_val_acc=max((h.get('val_acc') or 0) for h in hist) if hist else None, overrides=overrides)
-    for name in ('metrics.json',):
-        p = run_dir / name
-        if p.exists():
-            with contextlib.suppress(Exception):
-                m = json.loads(p.read_text())
-                res['test'] = {k: m[k] for k in ('acc', 'accuracy', 'macro_f1', 'f1', 'balanced_accuracy') if k in m and isinstance(m[k], (int, float))}
+    p = run_dir / 'metrics.json'
+    if p.exists():
+        with contextlib.suppress(Exception):
+            m = json.loads(p.read_text())
+            res['test'] = {f'{ck} {k}': m[ck]['test'][k] for ck in ('best', 'swa') if isinstance(m.get(ck), dict)
+                           for k in ('accuracy', 'macro_f1') if isinstance(m[ck].get('test', {}).get(k), (int, float))}
     acts = run_dir / 'actions.json'
     if acts.exists():
         with contextlib.suppress(Exception): res['actions'] = [f"{a['epoch']}: {a['source']}: {a['what']}" for a in json.loads(acts.read_text())]
@@ -649,6 +679,7 @@ def markdown(data: dict) -> str:
                     if r.get('recompiled_epochs'):
                         notes.append(f"epochs {r['recompiled_epochs']} recompiled and are left out (with them: {fmt(r['img_s_all_epochs'])} img/s)")
                     if r.get('warmup_epoch_s') is not None: notes.append(f"warm-up epoch {fmt(r['warmup_epoch_s'])} s")
+                if len(r.get('runs') or []) > 1: notes.append(f"median of {', '.join(fmt(x) for x in r['runs'])}")
                 if r.get('first_step_s') is not None: notes.append(f"first step {r['first_step_s']} s")
                 if r.get('note'): notes.append(r['note'])
                 lines.append(f"| {d} | {name} | {r['settings']} | {fmt(r['img_s'])} | {ratio} | {tf} | {'; '.join(notes)} |")
@@ -664,28 +695,49 @@ def markdown(data: dict) -> str:
         if summary: lines += ['Ratios (train img/s): ' + '; '.join(summary) + '.', '']
     loop = [r for r in res if r['kind'] == 'loop_check']
     if loop:
-        lines += ['CPU goal: the kit\'s loop against a plain hand-written loop over the same model and data path '
-                  '(interleaved repeats; medians, single runs in brackets; CPU ms = this process\'s CPU time per training image, '
-                  'which other users of a shared machine disturb far less than wall time):', '',
-                  '| loop | img/s (wall) | ÷ plain | CPU ms per image | ÷ plain |', '| --- | --- | --- | --- | --- |']
+        lines += ['CPU goal: the kit\'s loop against a plain hand-written loop over the same data path, precision, batch and '
+                  f"gradient accumulation, {loop[0].get('threads', '?')} torch thread(s), interleaved repeats (medians; single runs in brackets). *CPU ms* is the main "
+                  'process\'s CPU time per training batch (the loop, the model\'s arithmetic, receiving batches; the '
+                  'workers\' augmentation is not in it): other users of a shared machine disturb it less than wall time. '
+                  'The width-8 twin has the same layers and callbacks with almost no arithmetic, so its CPU ms are the loop\'s own cost.', '',
+                  '| model | loop | img/s (wall) | ÷ plain | CPU ms per batch | ÷ plain | extra CPU ms per batch |',
+                  '| --- | --- | --- | --- | --- | --- | --- |']
         for r in loop:
-            lines.append(f"| {r['what']} | {fmt(r['img_s'], 2)} ({', '.join(fmt(x, 2) for x in r['runs'])}) | {fmt(r.get('vs_plain'), 3)} | "
-                         f"{fmt(r.get('cpu_ms_per_img'), 0)} ({', '.join(fmt(x, 0) for x in r.get('cpu_runs') or [])}) | {fmt(r.get('cpu_vs_plain'), 3)} |")
+            if r.get('error'): lines.append(f"| {r.get('model', '')} | {r['what']} | — | — | — | — | {r['error']} |"); continue
+            cpu_b = r.get('cpu_ms_per_batch')
+            runs_c = ', '.join(fmt(x * args['batch_size'], 0) for x in r.get('cpu_runs') or [])
+            lines.append(f"| {r.get('model', '')} | {r['what']} | {fmt(r['img_s'], 2)} ({', '.join(fmt(x, 1) for x in r['runs'])}) | {fmt(r.get('vs_plain'), 2)} | "
+                         f"{fmt(cpu_b, 0)} ({runs_c}) | {fmt(r.get('cpu_vs_plain'), 2)} | {fmt(r.get('cpu_extra_ms_per_batch'), 1)} |")
+        lines.append('')
+    prof = next((r for r in res if r['kind'] == 'profile' and not r.get('error')), None)
+    if prof:
+        lines += [f"cProfile of the kit's full recipe with the width-8 twin ({prof['batches']} training batches; cumulative ms per "
+                  "training batch, profiler overhead included; nested entries overlap):", '',
+                  '| where | calls | ms per batch |', '| --- | --- | --- |']
+        lines += [f"| `{t['where']}` | {t['calls']} | {t['ms_per_batch']} |" for t in prof['top']]
         lines.append('')
     abl = [r for r in res if r['kind'] == 'ablation']
     if abl:
-        d = abl[0]['depth']; b = R('kit', d)
-        lines += [f"Ablations at depth {d}: one change from the kit's default at a time"
-                  + (f" (default: {b['settings']}, {fmt(b['img_s'])} img/s train, {fmt(b['epoch_img_s'])} img/s with validation)" if b else '') + '.', '',
-                  '| change | train img/s | vs default | epoch img/s incl. val | val s/epoch | predicted | notes |', '| --- | --- | --- | --- | --- | --- | --- |']
+        d = abl[0]['depth']
+        b = next((r for r in res if r['kind'] == 'ablation_ref' and not r.get('error')), None) or R('kit', d)
+        n_rep = len(b.get('runs') or [1]) if b else 1
+        lines += [f"Ablations at depth {d}: one change from the kit's default at a time, in {n_rep} round(s); each change is "
+                  "compared with the default measured in its own round (median of the paired ratios)"
+                  + (f". Default: {b['settings']}, {fmt(b['img_s'])} img/s train, {fmt(b.get('epoch_img_s'))} img/s with validation" if b else '') + '.', '',
+                  '| change | train img/s | vs default | epoch img/s incl. val | vs default | val s/epoch | predicted | notes |', '| --- | --- | --- | --- | --- | --- | --- | --- |']
         for r in abl:
             if r.get('error'):
-                lines.append(f"| {r['what']} | — | — | — | — | {PREDICTIONS.get(r['key'], '')} | {r['error']} |"); continue
-            vs = f"{(r['img_s'] / b['img_s'] - 1) * 100:+.0f} %" if b else '—'
+                lines.append(f"| {r['what']} | — | — | — | — | — | {predicted(r.get('key'), env['device'])} | {r['error']} |"); continue
+            ratio = r.get('vs_ref') if r.get('vs_ref') is not None else (r['img_s'] / b['img_s'] if b else None)
+            vs = f"{(ratio - 1) * 100:+.0f} %" if ratio is not None else '—'
+            if len(r.get('ratios') or []) > 1: vs += f" ({', '.join(f'{(x - 1) * 100:+.0f}' for x in r['ratios'])})"
+            ev = f"{(r['epoch_vs_ref'] - 1) * 100:+.0f} %" if r.get('epoch_vs_ref') is not None else '—'
+            if len(r.get('epoch_ratios') or []) > 1: ev += f" ({', '.join(f'{(x - 1) * 100:+.0f}' for x in r['epoch_ratios'])})"
             notes = [f"{r['new_graphs']} graphs compiled" if r.get('new_graphs') else '',
-                     f"epochs {r['recompiled_epochs']} recompiled, left out (with them {fmt(r['img_s_all_epochs'])} img/s)" if r.get('recompiled_epochs') else '', f"val ran {r.get('val_runs')}× in {r.get('epochs')} timed epochs" if r['key'] == 'eval_every' else '', r.get('note') or '']
-            lines.append(f"| {r['what']} | {fmt(r['img_s'])} | {vs} | {fmt(r.get('epoch_img_s'))} | {fmt(r.get('val_s_per_run'), 2)} | "
-                         f"{PREDICTIONS.get(r['key'], '')} | {'; '.join(n for n in notes if n)} |")
+                     f"epochs {r['recompiled_epochs']} recompiled" + ('' if r.get('key') == 'dynreg' else f", left out (with them {fmt(r['img_s_all_epochs'])} img/s)") if r.get('recompiled_epochs') else '',
+                     f"val ran {r.get('val_runs')}× in {r.get('epochs')} timed epochs" if r.get('key') == 'eval_every' else '', r.get('note') or '']
+            lines.append(f"| {r['what']} | {fmt(r['img_s'])} | {vs} | {fmt(r.get('epoch_img_s'))} | {ev} | {fmt(r.get('val_s_per_run'), 2)} | "
+                         f"{predicted(r.get('key'), env['device'])} | {'; '.join(n for n in notes if n)} |")
         lines.append('')
     sa = next((r for r in res if r['kind'] == 'sync_audit' and not r.get('error')), None)
     if sa:
@@ -702,7 +754,7 @@ def markdown(data: dict) -> str:
             test = ', '.join(f'{k} {v:.3f}' for k, v in (r.get('test') or {}).items())
             lines.append(f"| {r['what']} | {fmt(r['wall_s'])} | {fmt(r['fit_s'])} | {r['epochs']} | {fmt(r.get('best_val_acc'), 3)} | {test or '—'} | {r.get('how', '')} |")
         lines.append('')
-    errs = [r for r in res if r.get('error') and r['kind'] not in ('ablation', 'full_run')]
+    errs = [r for r in res if r.get('error') and not r['kind'].endswith('_run') and r['kind'] not in ('ablation', 'full_run', 'loop_check')]
     if errs: lines += ['Failed or skipped: ' + '; '.join(f"{r['kind']} depth {r.get('depth')}: {r['error']}" for r in errs), '']
     return '\n'.join(lines).rstrip() + '\n'
 
@@ -752,27 +804,76 @@ def results_dict(ctx: Ctx) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 
+def tiny_model(ctx: Ctx, depth: int) -> BasicCNNModel:
+    "The real architecture at width 8: the same code paths as the model, almost no arithmetic, so what is left is the loop."
+    torch.manual_seed(0)
+    return BasicCNNModel(in_chans=a_channels(ctx), widths=((8, 8), (8, 8, 8), (8, 8, 8)), gn_groups=4, head_width=16, n_open=depth)
+
+
+def summarise(ctx: Ctx, kind: str, depth: int, runs: list[dict], **extra) -> dict | None:
+    "One entry for repeated runs: the median img/s, the other figures from the median run, every run's img/s."
+    ok = [r for r in runs if not r.get('error')]
+    if not ok:
+        return record(ctx, {'kind': kind, 'depth': depth, 'what': '', **extra, 'error': runs[0]['error'] if runs else 'no run'})
+    rep = sorted(ok, key=lambda r: r['img_s'])[(len(ok) - 1) // 2]
+    out = {**rep, 'kind': kind, 'img_s': statistics.median(r['img_s'] for r in ok), 'runs': [r['img_s'] for r in ok], **extra}
+    if all(r.get('cpu_ms_per_img') is not None for r in ok):
+        out['cpu_ms_per_img'] = statistics.median(r['cpu_ms_per_img'] for r in ok); out['cpu_runs'] = [r['cpu_ms_per_img'] for r in ok]
+    return record(ctx, out)
+
+
 def loop_check(ctx: Ctx, depth: int, repeats: int) -> None:
-    "CPU goal: kit loop (full recipe, bare learner) vs a plain loop over the same data path, interleaved."
-    base = kit_default(ctx.device, ctx.args.compile)
-    variants = [('plain hand-written loop', lambda: plain_loop(ctx, depth, base.amp, base.channels_last, base.loader, base.cudnn_benchmark)),
-                ('kit, bare learner (no adaptive callbacks)', lambda: kit(ctx, depth, dataclasses.replace(base, recipe='bare'))),
-                ('kit, full recipe', lambda: kit(ctx, depth, base))]
-    runs, cpu = {name: [] for name, _ in variants}, {name: [] for name, _ in variants}
-    for rep in range(repeats):
-        for name, fn in variants:
-            r = guarded(ctx, 'loop_run', depth, fn, what=f'{name} #{rep + 1}')
-            if not r.get('error'): runs[name].append(r['img_s']); cpu[name].append(r.get('cpu_ms_per_img'))
-    ref = variants[0][0]
-    plain = statistics.median(runs[ref]) if runs[ref] else None
-    plain_cpu = statistics.median(cpu[ref]) if cpu[ref] and None not in cpu[ref] else None
-    for name, _ in variants:
-        if not runs[name]: continue
-        med = statistics.median(runs[name])
-        med_cpu = statistics.median(cpu[name]) if None not in cpu[name] else None
-        record(ctx, dict(kind='loop_check', depth=depth, what=name, img_s=med, runs=runs[name], images=0, seconds=0,
-                         cpu_ms_per_img=med_cpu, cpu_runs=cpu[name], vs_plain=med / plain if plain else None,
-                         cpu_vs_plain=med_cpu / plain_cpu if plain_cpu and med_cpu else None, settings=base.label()))
+    """CPU goal: the kit's loop (full recipe; bare learner) against a plain hand-written loop over the same data
+    path, precision, batch and accumulation, interleaved `repeats` times; with the real model, and with a
+    width-8 twin of it whose arithmetic is negligible, so the CPU time left is the loop's own."""
+    a, base = ctx.args, kit_default(ctx.device, ctx.args.compile)
+    n_b = len(ctx.train_rows) // ctx.bs
+    threads = torch.get_num_threads()
+    if a.loop_threads: torch.set_num_threads(a.loop_threads)   # 1 thread: no OpenMP spin-waiting inflates the CPU time
+    try: _loop_check(ctx, depth, repeats, a, base, n_b)
+    finally: torch.set_num_threads(threads)
+
+
+def _loop_check(ctx, depth, repeats, a, base, n_b) -> None:
+    for model_name, model_fn, epochs in (('model', None, a.epochs), ('width-8 twin', tiny_model, a.overhead_epochs)):
+        variants = [('plain hand-written loop', lambda: plain_loop(ctx, depth, base.amp, base.channels_last, base.loader, base.cudnn_benchmark,
+                                                                   model_fn=model_fn, warmup=n_b, timed=n_b * epochs)),
+                    ('kit, bare learner', lambda: kit(ctx, depth, dataclasses.replace(base, recipe='bare'), model_fn=model_fn, epochs=epochs)),
+                    ('kit, full recipe', lambda: kit(ctx, depth, base, model_fn=model_fn, epochs=epochs))]
+        runs = {name: [] for name, _ in variants}
+        for rep in range(repeats):
+            for name, fn in variants:
+                runs[name].append(guarded(ctx, 'loop_run', depth, fn, what=f'{name} ({model_name}) #{rep + 1}'))
+        ref = None
+        for name, _ in variants:
+            r = summarise(ctx, 'loop_check', depth, runs[name], what=name, model=model_name, threads=torch.get_num_threads())
+            if r is None or r.get('error'): continue
+            r['cpu_ms_per_batch'] = r['cpu_ms_per_img'] * ctx.bs if r.get('cpu_ms_per_img') is not None else None
+            if ref is None: ref = r
+            r['vs_plain'] = r['img_s'] / ref['img_s']
+            if r.get('cpu_ms_per_batch') is not None and ref.get('cpu_ms_per_batch'):
+                r['cpu_vs_plain'] = r['cpu_ms_per_batch'] / ref['cpu_ms_per_batch']
+                r['cpu_extra_ms_per_batch'] = r['cpu_ms_per_batch'] - ref['cpu_ms_per_batch']
+        if a.profile and model_fn is not None:
+            guarded(ctx, 'profile', depth, lambda: profile_kit(ctx, depth, base, model_fn, epochs), what='kit, full recipe (width-8 twin)')
+
+
+def profile_kit(ctx: Ctx, depth: int, s: Setting, model_fn, epochs: int) -> dict:
+    "cProfile of one kit fit; the brainmri functions with the most cumulative time, in ms per training batch."
+    import cProfile, pstats
+    pr = cProfile.Profile()
+    pr.enable()
+    try: kit(ctx, depth, s, model_fn=model_fn, epochs=epochs)
+    finally: pr.disable()
+    st = pstats.Stats(pr)
+    batches = (len(ctx.train_rows) // ctx.bs) * (1 + epochs)
+    rows = []
+    for (fn, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
+        if '/brainmri/' in fn or fn.endswith('train_throughput.py'):
+            rows.append((ct, f'{Path(fn).name}:{line} {name}', nc))
+    rows.sort(reverse=True)
+    top = [dict(where=w, calls=n, ms_per_batch=round(1000 * ct / batches, 2)) for ct, w, n in rows[:15]]
+    return dict(settings=s.label(), img_s=float('nan'), images=0, seconds=0, batches=batches, top=top)
 
 
 def main(argv=None) -> int:
@@ -811,6 +912,10 @@ def main(argv=None) -> int:
     p.add_argument('--no-write', action='store_true', help='do not touch --out')
     p.add_argument('--title', default=None, help='heading of this device\'s block')
     p.add_argument('--render', nargs='+', default=None, metavar='JSON', help='only (re)write the docs block from saved results JSON files (one device; results are concatenated)')
+    p.add_argument('--repeats', type=int, default=None, help='interleaved repeats of the table and of the ablation rounds (medians; default 1 on CUDA, 3 on the CPU)')
+    p.add_argument('--overhead-epochs', type=int, default=6, help='timed epochs of the width-8 twin in the loop check')
+    p.add_argument('--loop-threads', type=int, default=1, help='torch threads during the loop check (0: leave as is)')
+    p.add_argument('--profile', action='store_true', help='loop check: also cProfile the kit with the width-8 twin')
     p.add_argument('--sync-audit', action='store_true', help='CUDA: count host-device synchronisations per batch, by source line')
     p.add_argument('--no-main', action='store_true', help='skip the (a)/(b)/(c) table (ablations and the loop check still run, with their own reference)')
     p.add_argument('--quiet-fit', action='store_true', help="send the learner's per-epoch lines to stderr")
@@ -839,6 +944,7 @@ def main(argv=None) -> int:
     a.workers = d(a.workers, min(8, os.cpu_count() or 1), 2)
     a.ablation_depth = d(a.ablation_depth, 2, 1)
     a.loop_check = d(a.loop_check, 0, 3)
+    a.repeats = d(a.repeats, 1, 3)
     if cuda: torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
     ENV = environment(device)
     work = Path(tempfile.mkdtemp(prefix='brainmri-bench-'))
@@ -857,11 +963,15 @@ def main(argv=None) -> int:
         else:
             base = kit_default(device, a.compile)
             best = Setting(amp=base.amp, channels_last=cuda or base.channels_last, compile=base.compile, cudnn_benchmark=cuda, fused=cuda)
+            R = a.repeats
             for dep in ([] if a.no_main else a.depths):
                 print(f'depth {dep} ({FLOPS.get(dep, 0) / 1e9:.1f} GFLOP per image per training step)', flush=True)
-                guarded(ctx, 'ceiling', dep, lambda: ceiling(ctx, dep, best))
-                guarded(ctx, 'kit', dep, lambda: kit(ctx, dep, base))
-                guarded(ctx, 'original', dep, lambda: original(ctx, dep))
+                fns = (('ceiling', lambda: ceiling(ctx, dep, best)), ('kit', lambda: kit(ctx, dep, base)), ('original', lambda: original(ctx, dep)))
+                runs = {k: [] for k, _ in fns}
+                for rep in range(R):
+                    for kind, fn in fns: runs[kind].append(guarded(ctx, kind if R == 1 else kind + '_run', dep, fn))
+                if R > 1:
+                    for kind, _ in fns: summarise(ctx, kind, dep, runs[kind])
             if a.sync_audit and cuda: guarded(ctx, 'sync_audit', 1, lambda: sync_audit(ctx))
             if a.loop_check: loop_check(ctx, a.ablation_depth, a.loop_check)
             keys = a.ablations
@@ -870,9 +980,22 @@ def main(argv=None) -> int:
             elif keys == ['none'] or keys == []: todo = []
             else: todo = [t for t in todo if t[0] in keys]
             dep = a.ablation_depth
-            if todo and by(ctx, 'kit', dep) is None: guarded(ctx, 'kit', dep, lambda: kit(ctx, dep, base), what='', note='reference for the ablations')
-            for key, what, s in todo:
-                guarded(ctx, 'ablation', dep, lambda: kit(ctx, dep, s), what=what, key=key)
+            if todo:   # rounds: the default, then each change; each change is compared with its own round's default
+                refs, var_runs, ratios, eratios = [], [[] for _ in todo], [[] for _ in todo], [[] for _ in todo]
+                for rep in range(R):
+                    ref = guarded(ctx, 'ablation_ref_run', dep, lambda: kit(ctx, dep, base), what=f'default #{rep + 1}')
+                    refs.append(ref)
+                    for i, (key, what, st) in enumerate(todo):
+                        r = guarded(ctx, 'ablation_run', dep, lambda: kit(ctx, dep, st), what=f'{what} #{rep + 1}', key=key)
+                        var_runs[i].append(r)
+                        if not r.get('error') and not ref.get('error'):
+                            ratios[i].append(r['img_s'] / ref['img_s'])
+                            if r.get('epoch_img_s') and ref.get('epoch_img_s'): eratios[i].append(r['epoch_img_s'] / ref['epoch_img_s'])
+                summarise(ctx, 'ablation_ref', dep, refs, what='default')
+                for i, (key, what, st) in enumerate(todo):
+                    summarise(ctx, 'ablation', dep, var_runs[i], what=what, key=key,
+                              vs_ref=statistics.median(ratios[i]) if ratios[i] else None, ratios=ratios[i],
+                              epoch_vs_ref=statistics.median(eratios[i]) if eratios[i] else None, epoch_ratios=eratios[i])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data = results_dict(ctx)
