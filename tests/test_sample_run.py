@@ -16,5 +16,5 @@ def test_sample_run_beats_chance(tmp_path):
     test = m['best']['test']
     cm = np.array(test['confusion_matrix'])
     majority = cm.sum(1).max() / cm.sum()            # the majority-class rate of the held-out split
-    assert test['accuracy'] >= majority + 0.15, (test['accuracy'], majority)
-    assert test['macro_f1'] > 0.5
+    assert test["accuracy"] >= majority + 0.12, (test["accuracy"], majority)
+    assert test["macro_f1"] > 0.45 and test["roc_auc"]["macro"] > 0.6
