@@ -197,7 +197,8 @@ def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
     cfg.run_dir = str(run_dir)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_json({**asdict(cfg), **(extra or {}), 'environment': environment(),
+        aug = AugmentConfig()   # the normalisation that evaluation must repeat
+        save_json({**asdict(cfg), 'mean': aug.mean, 'std': aug.std, **(extra or {}), 'environment': environment(),
                    'started': datetime.datetime.now().isoformat(timespec='seconds')}, run_dir / 'params.json')
     return run_dir
 
@@ -305,7 +306,7 @@ def list_runs(root: str | os.PathLike = 'runs') -> pd.DataFrame:
         rows.append({'run': d.name, 'started': params.get('started'), 'epochs_run': len(hist),
                      'best_val_acc': max((h.get('val_acc') or 0 for h in hist), default=np.nan),
                      'test_acc': test.get('accuracy'), 'test_macro_f1': test.get('macro_f1'), 'test_ece': test.get('ece'),
-                     'acc_box_masked': audit.get('acc_box_masked'), 'acc_only_box': audit.get('acc_only_box'),
+                     'acc_tumour_hidden': audit.get('acc_tumour_hidden'), 'acc_tumour_only': audit.get('acc_tumour_only'),
                      'swa_test_acc': m.get('swa', {}).get('test', {}).get('accuracy'),
                      **{k: params.get(k) for k in ('img_size', 'lr', 'batch_size', *MECHANISMS)}})
     return pd.DataFrame(rows)

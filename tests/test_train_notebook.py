@@ -8,7 +8,7 @@ def _small_source(dest: Path, per_class: int = 30) -> Path:
     import pandas as pd
     src = ROOT / 'data' / 'sample'
     man = pd.read_csv(src / 'manifest.csv')
-    keep = man.groupby('label', group_keys=False).apply(lambda d: d.head(per_class))
+    keep = man.groupby('label').head(per_class)
     for f in keep.file:
         (dest / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy(src / f, dest / f)
     keep.to_csv(dest / 'manifest.csv', index=False)
