@@ -10,7 +10,7 @@ expected = 'version description keywords author author_email'.split()
 missing = [o for o in expected if o not in cfg]
 if missing: raise ValueError(f"settings.ini is missing: {', '.join(missing)}")
 
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+licenses = {'apache2': 'Apache-2.0'}  # an SPDX expression (license classifiers are deprecated)
 lic = licenses.get(cfg.get('license', '').lower())
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
@@ -18,11 +18,10 @@ min_python = cfg['min_python']
 
 setuptools.setup(
     name=cfg['lib_name'],
-    license=lic[0] if lic else None,
+    license=lic,
     classifiers=['Development Status :: 3 - Alpha', 'Intended Audience :: Science/Research',
                  'Natural Language :: English', 'Programming Language :: Python :: 3',
-                 'Topic :: Scientific/Engineering :: Medical Science Apps.'] +
-                ([f'License :: {lic[1]}'] if lic else []),
+                 'Topic :: Scientific/Engineering :: Medical Science Apps.'],
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['brainmri', 'brainmri.*']),
     include_package_data=True,
