@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c004
 from __future__ import annotations
-import contextlib, json, os, random, shutil, tempfile, uuid
+import contextlib, json, math, numbers, os, random, shutil, tempfile, uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -15,9 +15,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 # %% auto #0
-__all__ = ['console', 'BrainMRIError', 'get_device', 'seed_everything', 'seed_worker', 'make_generator', 'repo_root',
-           'sample_data_dir', 'check_path', 'atomic_write', 'atomic_dir', 'save_json', 'load_json', 'dist_rank',
-           'is_main_process', 'log', 'progress']
+__all__ = ['console', 'BrainMRIError', 'get_device', 'seed_everything', 'seed_worker', 'make_generator', 'check_number',
+           'to_plain', 'nan_to_none', 'repo_root', 'sample_data_dir', 'check_path', 'atomic_write', 'atomic_dir',
+           'save_json', 'load_json', 'dist_rank', 'is_main_process', 'log', 'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 class BrainMRIError(ValueError):
@@ -66,6 +66,34 @@ def make_generator(seed: int) -> torch.Generator:
     g = torch.Generator(); g.manual_seed(int(seed)); return g
 
 # %% ../nbs/00_core.ipynb #c014
+def check_number(value, name: str, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False) -> float:
+    "`value` as a finite float within the bounds; the error names parameter `name`."
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and lo is not None: ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None: ok = value < hi if hi_open else value <= hi
+    if not ok:
+        rng = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, "
+               f"{'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}")
+        raise BrainMRIError(f"{name}={value!r} must be a finite number in {rng}")
+    return float(value)
+
+def to_plain(x):
+    "`x` with tensors, numpy scalars and tuples turned into plain Python values and lists (recursively)."
+    if isinstance(x, dict): return {k: to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [to_plain(v) for v in x]
+    if isinstance(x, torch.Tensor): return to_plain(x.tolist())
+    if isinstance(x, np.generic): return x.item()
+    return x
+
+def nan_to_none(x):
+    "`x` with NaN and infinite floats replaced by None (recursively), so JSON stays valid."
+    if isinstance(x, float) and not math.isfinite(x): return None
+    if isinstance(x, dict): return {k: nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list): return [nan_to_none(v) for v in x]
+    return x
+
+# %% ../nbs/00_core.ipynb #c017
 def repo_root() -> Path:
     "The checkout that holds this package (the folder with settings.ini), else the current folder."
     here = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
@@ -86,7 +114,7 @@ def check_path(path: str | os.PathLike, name: str, kind: str = 'any') -> Path:
     if kind == 'dir' and not p.is_dir(): raise BrainMRIError(f"{name}={str(path)!r} is not a folder")
     return p
 
-# %% ../nbs/00_core.ipynb #c017
+# %% ../nbs/00_core.ipynb #c020
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = 'wb') -> Iterator[Any]:
     "Open a temporary file beside `path`; on success fsync and rename it to `path`, on error delete it."
@@ -132,7 +160,7 @@ def load_json(path: str | os.PathLike) -> Any:
     except FileNotFoundError: raise BrainMRIError(f"{path} does not exist") from None
     except json.JSONDecodeError as e: raise BrainMRIError(f"{path} is not valid JSON: {e}") from None
 
-# %% ../nbs/00_core.ipynb #c021
+# %% ../nbs/00_core.ipynb #c024
 console = Console(highlight=False, soft_wrap=True)   # log lines stay whole in files and papermill output
 
 def dist_rank() -> int:

@@ -22,12 +22,13 @@ from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
                              roc_auc_score, roc_curve)
 
-from .core import (BrainMRIError, atomic_write, check_path, get_device, load_json, log, progress, save_json)
+from .core import (BrainMRIError, atomic_write, check_path, get_device, load_json, log, nan_to_none, progress, save_json,
+                           to_plain)
 from .data import (CLASSES, CustomTumorDataset, box_from_mask, decode_image, load_store, make_loader,
                            split_by_group, to_square_uint8)
 from .augment import TRANSFORMS, AugmentConfig, PhaseTransform
 from .model import BasicCNNModel, create_model
-from .learner import _config_diff, _nan_to_none, _plain, confusion_metrics, confusion_update
+from .learner import _config_diff, confusion_metrics, confusion_update
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'read_checkpoint', 'load_model_from_checkpoint', 'save_temperature', 'eval_transform', 'tta_views',
@@ -63,7 +64,7 @@ def load_model_from_checkpoint(path: str | os.PathLike, classes: Sequence[str] |
     cfg, ck_classes = dict(ckpt['model_config']), list(ckpt.get('classes') or CLASSES)
     if classes is not None and list(classes) != ck_classes:
         raise BrainMRIError(f"checkpoint={str(path)!r} was trained on classes {ck_classes}, not {list(classes)}")
-    if model_config is not None and (diff := _config_diff(_plain(dict(model_config)), _plain(cfg))):
+    if model_config is not None and (diff := _config_diff(to_plain(dict(model_config)), to_plain(cfg))):
         raise BrainMRIError(f"checkpoint={str(path)!r} is another architecture: " +
                             ', '.join(f"{k}={cfg.get(k)!r} there, {model_config.get(k)!r} expected" for k in diff))
     if cfg.get('n_classes', len(ck_classes)) != len(ck_classes):
@@ -211,7 +212,7 @@ def classification_report_dict(y_true, probs, groups=None, classes: Sequence[str
     if n_boot:
         boot = bootstrap_samples(y, probs, groups, n_boot, seed, n_bins)
         rep.update(ci={k: _interval(v, ci) for k, v in boot.items()}, ci_level=ci, n_boot=int(n_boot))
-    return _nan_to_none(_plain(rep))
+    return nan_to_none(to_plain(rep))
 
 # %% ../nbs/08_evaluate.ipynb #c028
 def _log_probs(logits, temperature: float = 1.0) -> np.ndarray:
@@ -500,7 +501,7 @@ def run_settings(params: dict | None, model_config: dict | None = None) -> tuple
 # %% ../nbs/08_evaluate.ipynb #c054
 def _json_ready(x):
     if isinstance(x, np.ndarray): x = x.tolist()
-    return _nan_to_none(_plain(x))
+    return nan_to_none(to_plain(x))
 
 def _open_store(data_dir, settings: dict):
     "The prepared store to evaluate on: `data_dir`, else the one params.json names; the error names the parameter."

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
-from .core import (BrainMRIError, atomic_write, check_path, console, get_device, is_main_process,
+from .core import (BrainMRIError, atomic_write, check_path, console, get_device, is_main_process, nan_to_none, to_plain,
                            log, save_json)
 
 # %% auto #0
@@ -157,20 +157,6 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
     torch.set_rng_state(state['torch'].cpu())
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all([t.cpu() for t in state['cuda']])
-
-def _plain(x):
-    "Metric values as plain Python types (for JSON, CSV and weights_only checkpoints)."
-    if isinstance(x, dict): return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_plain(v) for v in x]
-    if isinstance(x, torch.Tensor): return _plain(x.tolist())
-    if isinstance(x, np.generic): return x.item()
-    return x
-
-def _nan_to_none(x):
-    if isinstance(x, float) and not math.isfinite(x): return None
-    if isinstance(x, dict): return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list): return [_nan_to_none(v) for v in x]
-    return x
 
 # %% ../nbs/05_learner.ipynb #c022
 def _default_classes():
@@ -557,9 +543,9 @@ class Learner:
         "Write run_dir/`name`.pt atomically (rank 0 only): training state, RNG states, history, model config, classes."
         path = self._ckpt_path(name)
         if not is_main_process(): return path
-        ckpt = {'format_version': 1, **self._state(), 'model_config': _plain(dict(getattr(self.model, 'config', None) or {})),
-                'classes': list(self.classes), 'rng': get_rng_state(), 'history': _plain(self.history),
-                'actions': _plain(self.actions), 'best_metric': float(self.best_metric), 'nan_steps': int(self.nan_steps),
+        ckpt = {'format_version': 1, **self._state(), 'model_config': to_plain(dict(getattr(self.model, 'config', None) or {})),
+                'classes': list(self.classes), 'rng': get_rng_state(), 'history': to_plain(self.history),
+                'actions': to_plain(self.actions), 'best_metric': float(self.best_metric), 'nan_steps': int(self.nan_steps),
                 'opt_steps': int(self.opt_steps), 'seed': int(self.seed)}
         with atomic_write(path) as f: torch.save(ckpt, f)
         return path
@@ -569,7 +555,7 @@ class Learner:
         path = check_path(self._ckpt_path(path_or_name), 'checkpoint', 'file')
         try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e: raise BrainMRIError(f'checkpoint {path} could not be read: {e}') from None
-        cfg = _plain(dict(getattr(self.model, 'config', None) or {}))
+        cfg = to_plain(dict(getattr(self.model, 'config', None) or {}))
         if ckpt.get('model_config') and cfg and (diff := _config_diff(ckpt['model_config'], cfg)):
             raise BrainMRIError(f"checkpoint {path} was made for another architecture: " +
                                 ', '.join(f'{k}={ckpt["model_config"].get(k)!r} there, {cfg.get(k)!r} here' for k in diff))
@@ -656,7 +642,7 @@ class Recorder(Callback):
         "Write history.json and history.csv to run_dir (rank 0)."
         l = self.learn
         if l.run_dir is None or not is_main_process() or not l.history: return
-        rows = _nan_to_none(_plain(l.history))
+        rows = nan_to_none(to_plain(l.history))
         save_json(rows, l.run_dir / 'history.json')
         flat = []
         for r in rows:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (BrainMRIError, check_path, get_device, is_main_process, load_json, log, repo_root,
+from .core import (BrainMRIError, check_number, check_path, get_device, is_main_process, load_json, log, repo_root,
                    sample_data_dir, save_json, seed_everything)
 from .data import (CustomTumorDataset, PreparedStore, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
@@ -111,11 +111,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
                 rng = f'from {lo} to {hi}' if hi is not None else f'>= {lo}'
                 raise BrainMRIError(f'{name}={v!r} must be a whole number {rng}')
-        def number(name, lo, hi, lo_open=False, hi_open=False):
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)
-            ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-            if not ok: raise BrainMRIError(f'{name}={v!r} must be a number in {"(" if lo_open else "["}{lo}, {hi}{")" if hi_open else "]"}')
+        def number(name, lo, hi, lo_open=False, hi_open=False): check_number(getattr(self, name), name, lo, hi, lo_open, hi_open)
         def choice(name, options):
             if getattr(self, name) not in options: raise BrainMRIError(f'{name}={getattr(self, name)!r} must be one of {", ".join(map(str, options))}')
         if self.data_dir in (None, ''): raise BrainMRIError('data_dir is not set')
