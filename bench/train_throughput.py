@@ -50,7 +50,7 @@ from brainmri.core import atomic_write, get_device
 from brainmri.data import (CustomTumorDataset, class_counts, get_class_balanced_weights, load_store, make_loader,
                            make_weighted_sampler, prepare, sample_data_dir, split_by_group)
 from brainmri.device_loader import DeviceLoader
-from brainmri.evaluate import eval_transform
+from brainmri.augment import eval_transform
 from brainmri.learner import Callback, CancelFitException, Learner
 from brainmri.losses import make_loss
 from brainmri.model import BasicCNNModel, count_flops

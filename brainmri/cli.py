@@ -4,8 +4,8 @@
 
 # %% ../nbs/11_cli.ipynb #c004
 from __future__ import annotations
-import argparse, json, sys, typing
-from dataclasses import fields, MISSING
+import argparse, json, sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
 

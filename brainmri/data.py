@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib, io, math, multiprocessing, os, platform, re, sys, threading, time, zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import h5py

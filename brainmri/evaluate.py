@@ -22,21 +22,21 @@ from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
                              roc_auc_score, roc_curve)
 
-from .core import (BrainMRIError, atomic_write, check_path, get_device, load_json, log, nan_to_none, progress, save_json,
+from .core import (BrainMRIError, atomic_write, check_path, get_device, load_json, log, nan_to_none, save_json,
                            to_plain)
 from .data import (CLASSES, CustomTumorDataset, box_from_mask, decode_image, load_store, make_loader,
                            split_by_group, to_square_uint8)
-from .augment import TRANSFORMS, AugmentConfig, PhaseTransform
+from .augment import AugmentConfig, eval_transform
 from .model import BasicCNNModel, create_model
 from .learner import _config_diff, confusion_metrics, confusion_update
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'read_checkpoint', 'load_model_from_checkpoint', 'save_temperature', 'eval_transform', 'tta_views',
-           'predict_logits', 'reliability_bins', 'expected_calibration_error', 'group_bootstrap_indices',
-           'bootstrap_samples', 'classification_report_dict', 'calibrated_probs', 'temperature_nll', 'fit_temperature',
-           'grad_cam', 'cam_peaks', 'box_pixels', 'occlude', 'mirror_box', 'in_box', 'OccludedTransform',
-           'shortcut_audit', 'interpret_audit', 'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid',
-           'plot_audit', 'run_settings', 'evaluate_checkpoint', 'evaluate_run', 'summary_table', 'predict_images']
+__all__ = ['IMAGE_SUFFIXES', 'read_checkpoint', 'load_model_from_checkpoint', 'save_temperature', 'tta_views', 'predict_logits',
+           'reliability_bins', 'expected_calibration_error', 'group_bootstrap_indices', 'bootstrap_samples',
+           'classification_report_dict', 'calibrated_probs', 'temperature_nll', 'fit_temperature', 'grad_cam',
+           'cam_peaks', 'box_pixels', 'occlude', 'mirror_box', 'in_box', 'OccludedTransform', 'shortcut_audit',
+           'interpret_audit', 'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid', 'plot_audit',
+           'run_settings', 'evaluate_checkpoint', 'evaluate_run', 'summary_table', 'predict_images']
 
 # %% ../nbs/08_evaluate.ipynb #c007
 def _unwrap_state(state: dict) -> dict:
@@ -91,10 +91,6 @@ def save_temperature(path: str | os.PathLike, temperature: float) -> Path:
     return Path(path)
 
 # %% ../nbs/08_evaluate.ipynb #c014
-def eval_transform(img_size: int = 224, mean: float = 0.5, std: float = 0.5) -> PhaseTransform:
-    "The training pipeline without augmentation: Resize to `img_size`, Normalize, to tensor (deterministic)."
-    return PhaseTransform(AugmentConfig(img_size=img_size, mean=mean, std=std, disabled=TRANSFORMS))
-
 def tta_views(tta: bool | str | None = False) -> list:
     "Functions on a batch B×C×H×W: identity, + horizontal flip (`True`/'h'), + vertical flip ('hv')."
     ident, hflip, vflip = (lambda x: x), (lambda x: x.flip(-1)), (lambda x: x.flip(-2))

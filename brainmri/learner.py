@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections, contextlib, copy, csv, gc, inspect, io, math, os, random, re, time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch

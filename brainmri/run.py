@@ -4,8 +4,8 @@
 
 # %% ../nbs/10_run.ipynb #c004
 from __future__ import annotations
-import dataclasses, datetime, os, platform, sys
-from dataclasses import dataclass, field, fields, asdict
+import datetime, os, platform
+from dataclasses import dataclass, fields, asdict
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,17 +15,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (BrainMRIError, check_number, check_path, get_device, is_main_process, load_json, log, repo_root,
+from .core import (BrainMRIError, check_number, check_path, get_device, is_main_process, load_json, log,
                    sample_data_dir, save_json, seed_everything)
 from .data import (CustomTumorDataset, PreparedStore, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
-from .augment import AugmentConfig, PhaseTransform
+from .augment import AugmentConfig, PhaseTransform, eval_transform
 from .model import create_model
 from .schedule import CompositeLRSchedule
 from .losses import make_loss
 from .learner import Learner
 from .callbacks import default_callbacks
-from .evaluate import eval_transform, evaluate_run
+from .evaluate import evaluate_run
 
 # %% auto #0
 __all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'TrainConfig', 'config_with_preset',

@@ -15,7 +15,8 @@ from brainmri.data import CLASSES, CustomTumorDataset, load_store, make_loader, 
 from brainmri.model import create_model
 from brainmri.learner import Learner
 from brainmri.callbacks import SWACallback
-from brainmri.evaluate import (OccludedTransform, box_pixels, calibrated_probs, eval_transform, evaluate_run,
+from brainmri.augment import eval_transform
+from brainmri.evaluate import (OccludedTransform, box_pixels, calibrated_probs, evaluate_run,
                                load_model_from_checkpoint, predict_images, predict_logits, read_checkpoint,
                                summary_table, temperature_nll, fit_temperature)
 
