@@ -119,7 +119,8 @@ def check_path(path: str | os.PathLike, name: str, kind: str = 'any') -> Path:
 def atomic_write(path: str | os.PathLike, mode: str = 'wb') -> Iterator[Any]:
     "Open a temporary file beside `path`; on success fsync and rename it to `path`, on error delete it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.tmp-{uuid.uuid4().hex[:8]}-{path.name}')
+    # the temporary name ends in .part: nothing globbing `*.pt` or `*.json` takes it
+    tmp = path.with_name(f'.tmp-{uuid.uuid4().hex[:8]}-{path.name}.part')
     try:
         with open(tmp, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
             yield f
@@ -136,8 +137,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if path.exists(): shutil.rmtree(path)
-        os.replace(tmp, path)
+        if path.exists():    # move the old folder aside first: no moment without a store but two renames
+            old = path.with_name(f'.tmp-{uuid.uuid4().hex[:8]}-old-{path.name}')
+            os.replace(path, old); os.replace(tmp, path); shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
 
