@@ -16,8 +16,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 
 # %% auto #0
 __all__ = ['console', 'BrainMRIError', 'get_device', 'seed_everything', 'seed_worker', 'make_generator', 'check_number',
-           'to_plain', 'nan_to_none', 'repo_root', 'sample_data_dir', 'check_path', 'atomic_write', 'atomic_dir',
-           'save_json', 'load_json', 'dist_rank', 'is_main_process', 'log', 'progress']
+           'to_plain', 'nan_to_none', 'repo_root', 'sample_data_dir', 'check_path', 'injected_parameters',
+           'check_names', 'atomic_write', 'atomic_dir', 'save_json', 'load_json', 'dist_rank', 'is_main_process', 'log',
+           'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 class BrainMRIError(ValueError):
@@ -113,6 +114,27 @@ def check_path(path: str | os.PathLike, name: str, kind: str = 'any') -> Path:
     if kind == 'file' and not p.is_file(): raise BrainMRIError(f"{name}={str(path)!r} is not a file")
     if kind == 'dir' and not p.is_dir(): raise BrainMRIError(f"{name}={str(path)!r} is not a folder")
     return p
+
+# %% ../nbs/00_core.ipynb #c018b
+def injected_parameters(ns: dict) -> dict[str, Any]:
+    "The names and values papermill injected (`-p NAME VALUE`) into the notebook whose globals are `ns`; {} when none were."
+    import ast
+    for src in reversed(ns.get('_ih') or []):
+        if src.splitlines()[:1] == ['# Parameters']:      # papermill's injected cell
+            names = [t.id for node in ast.parse(src).body if isinstance(node, ast.Assign)
+                     for t in node.targets if isinstance(t, ast.Name)]
+            return {n: ns[n] for n in names if n in ns}
+    return {}
+
+def check_names(names: Iterable[str], known: Iterable[str], what: str = 'parameter') -> None:
+    "Stop at the first of `names` that is not in `known`, naming it and the closest known name."
+    import difflib
+    known = sorted(known)
+    for n in names:
+        if n not in known:
+            close = difflib.get_close_matches(n, known, n=1)
+            hint = f": did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+            raise BrainMRIError(f"{n!r} is not a {what}{hint}")
 
 # %% ../nbs/00_core.ipynb #c020
 @contextlib.contextmanager

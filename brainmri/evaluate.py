@@ -27,6 +27,7 @@ from .core import (BrainMRIError, atomic_write, check_path, get_device, load_jso
 from .data import (CLASSES, CustomTumorDataset, box_from_mask, decode_image, load_store, make_loader,
                            split_by_group, to_square_uint8)
 from .augment import AugmentConfig, eval_transform
+from .runfolder import SPLIT_FILE, load_split
 from .model import BasicCNNModel, create_model
 from .learner import _config_diff, confusion_metrics, confusion_update
 
@@ -588,7 +589,10 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     store = _open_store(data_dir, settings)
     used_fb = [f for f in fallbacks if f not in ('store', 'store_size')]
     if used_fb: log(f"params.json does not give {', '.join(used_fb)}: using defaults {({k: settings[k] for k in used_fb})}", 'warn')
-    splits = split_by_group(store, settings['val_frac'], settings['test_frac'], settings['split_seed'])
+    splits = load_split(run_dir, store)     # the split the run trained on; an other store is refused
+    if splits is None:
+        log(f"{run_dir} keeps no {SPLIT_FILE} (a run from before runs kept their split): recomputing it from the seed", 'warn')
+        splits = split_by_group(store, settings['val_frac'], settings['test_frac'], settings['split_seed'])
     metrics = dict(run_dir=str(run_dir), data_dir=str(store.path), split=split, tta=tta, n_boot=n_boot, seed=seed,
                    classes=list(store.classes), settings=settings, settings_fallbacks=used_fb,
                    n={k: len(v) for k, v in splits.items()})

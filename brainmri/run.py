@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (BrainMRIError, check_number, check_path, get_device, is_main_process, load_json, log,
+from .core import (BrainMRIError, check_names, check_number, check_path, get_device, injected_parameters, is_main_process, load_json, log,
                    sample_data_dir, save_json, seed_everything)
 from .data import (CustomTumorDataset, PreparedStore, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
@@ -26,12 +26,13 @@ from .losses import make_loss
 from .learner import Learner
 from .callbacks import default_callbacks
 from .evaluate import evaluate_run
+from .runfolder import load_split, save_split
 
 # %% auto #0
-__all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'TrainConfig', 'config_with_preset',
-           'default_run_dir', 'environment', 'start_run', 'is_store', 'get_store', 'use_gpu_data', 'augment_config',
-           'build_data', 'build_model', 'recipe_callbacks', 'build_learner', 'run_training', 'list_runs', 'plot_runs',
-           'plot_history']
+__all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'NOTEBOOK_PARAMETERS', 'TrainConfig',
+           'config_with_preset', 'config_from_notebook', 'default_run_dir', 'environment', 'start_run', 'is_store',
+           'get_store', 'use_gpu_data', 'augment_config', 'run_split', 'build_data', 'build_model', 'recipe_callbacks',
+           'build_learner', 'run_training', 'list_runs', 'plot_runs', 'plot_history']
 
 # %% ../nbs/10_run.ipynb #c006
 AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
@@ -164,6 +165,18 @@ def config_with_preset(preset: str = 'default', **params) -> TrainConfig:
     if preset not in PRESETS: raise BrainMRIError(f"preset={preset!r} is not a preset: choose one of {', '.join(PRESETS)}")
     return TrainConfig(**{**PRESETS[preset], **params})
 
+# %% ../nbs/10_run.ipynb #c010b
+NOTEBOOK_PARAMETERS = ('preset', 'stop_after')   # the train notebook's own, beside TrainConfig's
+
+def config_from_notebook(ns: dict) -> TrainConfig:
+    "The TrainConfig of a notebook whose globals are `ns`: `preset`, then what papermill injected or the parameters cell changed."
+    names = [f.name for f in fields(TrainConfig)]
+    injected = injected_parameters(ns)
+    check_names(injected, [*names, *NOTEBOOK_PARAMETERS])
+    defaults = asdict(TrainConfig())
+    given = {k: ns[k] for k in names if k in ns and (k in injected or ns[k] != defaults[k])}
+    return config_with_preset(ns.get('preset', 'default'), **given)
+
 # %% ../nbs/10_run.ipynb #c012
 def default_run_dir(root: str | os.PathLike = 'runs') -> Path:
     "runs/<date>-<time> (a suffix keeps it unique)."
@@ -218,9 +231,17 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
     "The augmentation phases of `cfg`, with the phase boundaries stretched like the other milestones."
     return AugmentConfig(boundaries=tuple(cfg.milestone(b) for b in cfg.aug_boundaries), img_size=cfg.img_size)
 
-def build_data(cfg: TrainConfig, store: PreparedStore) -> SimpleNamespace:
-    "Group splits, class weights and the train/valid loaders for `cfg`."
-    splits = split_by_group(store, cfg.val_frac, cfg.test_frac, seed=cfg.seed)
+def run_split(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    "The group split of `run_dir` (kept in split.json: a resumed run trains on the split it started with), else a new one, kept there."
+    splits = load_split(run_dir, store) if run_dir is not None else None
+    if splits is None:
+        splits = split_by_group(store, cfg.val_frac, cfg.test_frac, seed=cfg.seed)
+        if run_dir is not None and is_main_process(): save_split(run_dir, store, splits)
+    return splits
+
+def build_data(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLike | None = None) -> SimpleNamespace:
+    "Group splits (kept in `run_dir`), class weights and the train/valid loaders for `cfg`."
+    splits = run_split(cfg, store, run_dir)
     train_labels = store.labels[splits['train']]
     counts = class_counts(train_labels, len(store.classes))
     weights = get_class_balanced_weights(counts, beta=cfg.balance_beta)
@@ -276,7 +297,7 @@ def run_training(cfg: TrainConfig) -> Path:
     seed_everything(cfg.seed)
     store = get_store(cfg)
     run_dir = start_run(cfg, extra={'store': str(store.path.resolve()), 'classes': list(store.classes)})
-    data = build_data(cfg, store)
+    data = build_data(cfg, store, run_dir)
     log(f"run {run_dir}: {len(data.splits['train'])} train / {len(data.splits['val'])} val / "
         f"{len(data.splits['test'])} test images, classes {', '.join(store.classes)}", 'info')
     learn = build_learner(cfg, build_model(cfg, len(store.classes)), data, run_dir)
