@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from .core import BrainMRIError, atomic_write, check_number, is_main_process, log
-from .learner import Callback, CancelFitException, LRScheduleCallback
+from .learner import Callback, CancelFitException, LRScheduleCallback, RunFinished
 from .losses import mixup_batch, mixup_criterion
 from .schedule import mixup_alpha
 
@@ -350,7 +350,7 @@ class EarlyStopping(AdaptiveCallback):
             why = (f'no {self.monitor} improvement for {self.wait} epochs (patience={self.patience}; best '
                    + (f'{self.best:.4f} at epoch {self.best_epoch})' if self.best is not None else 'none)'))
             self.act(f'stopped training after epoch {l.epoch}', why)
-            raise CancelFitException(f'early stopping: {why}')
+            raise RunFinished(f'early stopping: {why}')
 
     def after_fit(self):
         super().after_fit()

@@ -19,10 +19,11 @@ from .core import (BrainMRIError, atomic_write, check_path, console, get_device,
                            log, save_json)
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelBatchException', 'CancelFitException', 'Callback', 'confusion_update', 'confusion_metrics',
-           'epoch_seed', 'seed_loader_epoch', 'ShardSampler', 'DistributedSamplerWrapper', 'distribute_loader',
-           'resolve_amp', 'get_rng_state', 'set_rng_state', 'Learner', 'Recorder', 'ProgressCallback',
-           'LRScheduleCallback', 'CheckpointCallback', 'GPUMemoryCallback', 'BatchNormRecalibration', 'NaNGuard']
+__all__ = ['EVENTS', 'CancelBatchException', 'CancelFitException', 'RunFinished', 'Callback', 'confusion_update',
+           'confusion_metrics', 'epoch_seed', 'seed_loader_epoch', 'ShardSampler', 'DistributedSamplerWrapper',
+           'distribute_loader', 'resolve_amp', 'get_rng_state', 'set_rng_state', 'Learner', 'Recorder',
+           'ProgressCallback', 'LRScheduleCallback', 'CheckpointCallback', 'GPUMemoryCallback',
+           'BatchNormRecalibration', 'NaNGuard']
 
 # %% ../nbs/05_learner.ipynb #c006
 class CancelBatchException(Exception):
@@ -30,6 +31,9 @@ class CancelBatchException(Exception):
 
 class CancelFitException(Exception):
     "Stop training; `after_fit` still runs. The message says why."
+
+class RunFinished(CancelFitException):
+    "Stop training for good (early stopping): last.pt records why, and resuming the run trains nothing more."
 
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_pred', 'after_loss', 'after_backward',
           'after_step', 'after_batch', 'before_validate', 'after_validate', 'after_epoch', 'after_fit')
@@ -267,9 +271,14 @@ class Learner:
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self, n_epochs: int, resume: bool = False) -> list[dict]:
-        "Train until epoch `n_epochs`; with `resume`, continue from run_dir/last.pt when it exists. Returns the history."
+        """Train until epoch `n_epochs`; with `resume`, continue from run_dir/last.pt when it exists. Returns the history.
+        Without `resume`, a run_dir that already holds last.pt is refused; a run that a callback stopped (early
+        stopping) or that reached `n_epochs` is finished: resuming it trains and writes nothing."""
         if not isinstance(n_epochs, int) or n_epochs < 0: raise BrainMRIError(f'n_epochs={n_epochs!r} must be an integer >= 0')
-        self.n_epochs, start = n_epochs, (self._resume() if resume else 0)
+        self.n_epochs = n_epochs
+        start = self._resume() if resume else self._fresh_start()
+        if start is None: return self.history
+        self.stopped = None
         try:
             self('before_fit')
             for epoch in range(start, n_epochs):
@@ -283,6 +292,9 @@ class Learner:
                 self._after_epoch()
         except CancelFitException as e:
             if str(e): log(f'training stopped: {e}', 'warn')
+            if isinstance(e, RunFinished):
+                self.stopped = str(e) or 'finished by a callback'
+                if self.run_dir is not None: self.save_checkpoint('last')   # last.pt now says the run is finished
         finally: self('cleanup_fit')
         self('after_fit')
         return self.history
@@ -546,7 +558,8 @@ class Learner:
         ckpt = {'format_version': 1, **self._state(), 'model_config': to_plain(dict(getattr(self.model, 'config', None) or {})),
                 'classes': list(self.classes), 'rng': get_rng_state(), 'history': to_plain(self.history),
                 'actions': to_plain(self.actions), 'best_metric': float(self.best_metric), 'nan_steps': int(self.nan_steps),
-                'opt_steps': int(self.opt_steps), 'seed': int(self.seed)}
+                'opt_steps': int(self.opt_steps), 'seed': int(self.seed), 'n_epochs': int(self.n_epochs),
+                'stopped': getattr(self, 'stopped', None)}
         with atomic_write(path) as f: torch.save(ckpt, f)
         return path
 
@@ -568,13 +581,25 @@ class Learner:
         set_rng_state(ckpt['rng'])
         return ckpt
 
-    def _resume(self) -> int:
+    def _fresh_start(self) -> int:
+        "Epoch 0, in a run_dir that holds no run yet."
+        if self.run_dir is not None and self._ckpt_path('last').exists():
+            raise BrainMRIError(f"run_dir={str(self.run_dir)!r} already holds a run (last.pt): fit(..., resume=True) continues it; "
+                                "to start afresh, use a new run folder (or start_run with overwrite=True, which clears this one)")
+        return 0
+
+    def _resume(self) -> int | None:
+        "The epoch to go on from after loading run_dir/last.pt (0 without one); None when that run has finished."
         path = self._ckpt_path('last')
         if not path.exists():
             log(f'resume: no {path}, starting from epoch 0', 'warn'); return 0
         ckpt = self.load_checkpoint(path)
-        log(f"resumed from {path} after epoch {ckpt['epoch'] + 1}", 'good')
-        return ckpt['epoch'] + 1
+        done = ckpt['epoch'] + 1
+        if ckpt.get('stopped') or done >= self.n_epochs:
+            why = ckpt.get('stopped') or f'it has trained {done} of {self.n_epochs} epochs'
+            log(f"{path}: the run is finished ({why}); nothing to train, nothing rewritten", 'good'); return None
+        log(f"resumed from {path} after epoch {done}", 'good')
+        return done
 
 def _config_diff(a: dict, b: dict) -> list[str]:
     "Keys whose values differ between two model configs; `n_open` (the unfreezing depth) is state the weights restore."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_run.ipynb #c004
 from __future__ import annotations
-import datetime, os, platform
+import datetime, os, platform, shutil
 from dataclasses import dataclass, fields, asdict
 from functools import partial
 from pathlib import Path
@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .core import (BrainMRIError, check_names, check_number, check_path, get_device, injected_parameters, is_main_process, load_json, log,
-                   sample_data_dir, save_json, seed_everything)
+                   sample_data_dir, save_json, seed_everything, to_plain)
 from .data import (CustomTumorDataset, PreparedStore, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
 from .augment import AugmentConfig, PhaseTransform, eval_transform
@@ -200,15 +200,24 @@ def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
     if used and not (cfg.overwrite or cfg.resume):
         raise BrainMRIError(f"run_dir={str(run_dir)!r} already holds a run: choose another run_dir, or set overwrite=True "
                             f"(start afresh there) or resume=True (continue it)")
-    if used and cfg.overwrite and not cfg.resume:
-        for name in ('best.pt', 'last.pt', 'swa.pt', 'history.json', 'history.csv', 'actions.json', 'metrics.json'):
-            (run_dir / name).unlink(missing_ok=True)
     cfg.run_dir = str(run_dir)
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        aug = AugmentConfig()   # the normalisation that evaluation must repeat
-        save_json({**asdict(cfg), 'mean': aug.mean, 'std': aug.std, **(extra or {}), 'environment': environment(),
-                   'started': datetime.datetime.now().isoformat(timespec='seconds')}, run_dir / 'params.json')
+    if not is_main_process(): return run_dir
+    now = datetime.datetime.now().isoformat(timespec='seconds')
+    if used and cfg.resume and (run_dir / 'params.json').exists():
+        # params.json keeps the run's first parameters; a resume adds when, and what it changed
+        params = load_json(run_dir / 'params.json')
+        changed = {k: v for k, v in to_plain(asdict(cfg)).items() if k not in ('resume', 'overwrite') and params.get(k) != v}
+        if changed: log(f"resuming {run_dir} with changed parameters: {changed}", 'warn')
+        params['resumed'] = [*params.get('resumed', []), {'when': now, 'changed': changed, 'environment': environment()}]
+        save_json(params, run_dir / 'params.json')
+        return run_dir
+    if used and cfg.overwrite:   # start afresh: everything the earlier run wrote goes (papermill notebooks stay)
+        for p in run_dir.iterdir():
+            if p.suffix != '.ipynb': shutil.rmtree(p) if p.is_dir() else p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    aug = AugmentConfig()   # the normalisation that evaluation must repeat
+    save_json({**asdict(cfg), 'mean': aug.mean, 'std': aug.std, **(extra or {}), 'environment': environment(),
+               'started': now}, run_dir / 'params.json')
     return run_dir
 
 # %% ../nbs/10_run.ipynb #c015
@@ -301,8 +310,12 @@ def run_training(cfg: TrainConfig) -> Path:
     log(f"run {run_dir}: {len(data.splits['train'])} train / {len(data.splits['val'])} val / "
         f"{len(data.splits['test'])} test images, classes {', '.join(store.classes)}", 'info')
     learn = build_learner(cfg, build_model(cfg, len(store.classes)), data, run_dir)
+    history = run_dir / 'history.json'
+    epochs_before = len(load_json(history)) if cfg.resume and history.exists() else None
     learn.fit(cfg.epochs, resume=cfg.resume)
     if cfg.evaluate and is_main_process():
+        if epochs_before == len(learn.history) and (run_dir / 'metrics.json').exists():   # a finished run, resumed
+            log(f"{run_dir} was trained and evaluated already: metrics.json stays as it is", 'good'); return run_dir
         evaluate_run(run_dir, store.path, split='test', tta=cfg.tta, n_boot=cfg.n_boot, device=cfg.device, seed=cfg.seed)
     return run_dir
 

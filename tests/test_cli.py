@@ -51,3 +51,12 @@ def test_evaluate_and_predict(trained):
 def test_runs_table(trained):
     r = run('brainmri_runs', trained / 'runs', '--plot', trained / 'runs.png', cwd=trained)
     assert 'one' in r.stdout and (trained / 'runs.png').exists()
+
+def test_resuming_a_finished_run_rewrites_nothing(trained):
+    run_dir = trained / 'runs' / 'one'
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != 'params.json'}
+    r = run('brainmri_train', '--data-dir', trained / 'store', '--run-dir', run_dir, '--epochs', 1, '--img-size', 32,
+            '--batch-size', 16, '--grad-accum', 1, '--workers', 0, '--n-boot', 10, '--device', 'cpu', '--resume', cwd=trained)
+    assert 'the run is finished' in r.stdout
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != 'params.json'}
+    assert after == before
