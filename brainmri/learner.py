@@ -208,6 +208,10 @@ class Learner:
         self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
         self.loss_func = loss_func if loss_func is not None else _default_loss()
         if isinstance(self.loss_func, nn.Module): self.loss_func.to(self.device)
+        # validation loss keeps the starting class weights: the plateau schedule, the LR nudge and rollback read it,
+        # and it must not move because ClassPenalty moved the training loss's weights
+        w = getattr(self.loss_func, 'weight', None)
+        self.val_class_weights = w.detach().clone() if isinstance(w, torch.Tensor) else None
         self.train_dl, self.valid_dl = train_dl, valid_dl
         if self.distributed:
             self.train_dl = distribute_loader(train_dl, train=True, seed=self.seed)
@@ -353,7 +357,7 @@ class Learner:
                 for xb, yb in dl:
                     xb, yb = _to(xb, self.device, self.channels_last), _to(yb, self.device)
                     pred = self._forward(xb, train=False).float()
-                    loss_sum += self.loss_func(pred, yb).double() * len(yb)
+                    loss_sum += self._val_loss(pred, yb).double() * len(yb)
                     confusion_update(cm, pred.argmax(1), yb)
                     n += len(yb)
                     if return_preds: logits.append(pred.cpu()); labels.append(yb.cpu())
@@ -370,6 +374,14 @@ class Learner:
         return out
 
     # ---- pieces the loop uses ------------------------------------------------------------------
+    def _val_loss(self, pred, yb) -> torch.Tensor:
+        "The loss with the class weights the learner started with (`val_class_weights`), whatever the training loss's are now."
+        if self.val_class_weights is None: return self.loss_func(pred, yb)
+        now = self.class_weights.detach().clone()
+        try:
+            self.class_weights = self.val_class_weights
+            return self.loss_func(pred, yb)
+        finally: self.class_weights = now
     def _autocast(self):
         if self.amp is None: return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=_AMP_DTYPES[self.amp])
