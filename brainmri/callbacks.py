@@ -365,7 +365,8 @@ class EarlyStopping(AdaptiveCallback):
 class Rollback(AdaptiveCallback):
     "Go back to the last good state (weights, optimizer, schedule, class weights) when validation accuracy drops or loss rises past a threshold."
     order = 10
-    _state_keys = ('n_rollbacks', 'last_rollback_epoch', 'good_epoch', 'good_acc', 'good_loss', 'limit_logged')
+    # the snapshot is state too: a resumed run rolls back to the same good state as an uninterrupted one
+    _state_keys = ('n_rollbacks', 'last_rollback_epoch', 'good_epoch', 'good_acc', 'good_loss', 'limit_logged', 'snap', '_want_snap')
     def __init__(self,
                  acc_drop: float = 0.05,     # a val-accuracy drop of at least this (vs the last good epoch) is a regression
                  loss_rise: float = 0.25,    # so is a val-loss rise of at least this (absolute)
@@ -385,11 +386,15 @@ class Rollback(AdaptiveCallback):
 
     def before_fit(self):
         super().before_fit()
-        self.snap, self._want_snap = None, True
+        if not self.resuming: self.snap, self._want_snap = None, True
 
     def before_epoch(self):
         # after ProgressiveUnfreeze (order -10): a block opened now is part of the snapshot
-        if self._want_snap: self.snap, self._want_snap = self.learn.snapshot(), False
+        if not self._want_snap: return
+        self.snap = None                      # the old snapshot is not part of the new one
+        snap = self.learn.snapshot()
+        snap['cbs'] = {}                      # a rollback restores no callback's state (see _rollback): keep none
+        self.snap, self._want_snap = snap, False
 
     def regression(self, acc: float, loss: float | None) -> str | None:
         "Why (`acc`, `loss`) is a regression against the last good epoch, or None."
