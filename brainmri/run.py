@@ -31,7 +31,8 @@ from .evaluate import evaluate_run
 __all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'TrainConfig', 'config_with_preset',
            'default_run_dir', 'environment', 'start_run', 'is_store', 'get_store', 'use_gpu_data', 'augment_config',
            'build_data', 'build_model', 'recipe_callbacks', 'build_learner', 'run_training', 'list_runs', 'latest_run',
-           'show', 'plot_runs', 'plot_history', 'print_actions']
+           'show', 'plot_runs', 'plot_history', 'print_actions', 'split_counts', 'plot_examples', 'describe_model',
+           'show_evaluation']
 
 # %% ../nbs/10_run.ipynb #c006
 AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
@@ -385,3 +386,53 @@ def print_actions(actions: Sequence[dict], last: int | None = 15) -> None:
     if len(shown) < len(actions): log(f'… {len(actions) - len(shown)} earlier actions in actions.json', None)
     for a in shown: log(f"epoch {a['epoch'] + 1:>3}  {a['source']:<24} {a['what']}  ({a['why']})", 'action')
     if not actions: log('no adaptive action so far', None)
+
+def split_counts(store, splits: dict) -> pd.DataFrame:
+    "Images per class in each split, with the totals and the number of groups (patients) per split."
+    t = pd.DataFrame({name: pd.Series(store.labels[rows]).value_counts().reindex(range(len(store.classes)), fill_value=0).values
+                      for name, rows in splits.items()}, index=list(store.classes))
+    t.loc['all classes'] = t.sum()
+    t.loc['groups (patients)'] = [len(np.unique(store.groups[rows])) for rows in splits.values()]
+    return t
+
+def plot_examples(store, rows: Sequence[int], per_class: int = 4):
+    "The first `per_class` images of each class among `rows` (as stored, before augmentation); a matplotlib Figure."
+    from matplotlib.figure import Figure
+    rows = np.asarray(rows)
+    fig = Figure(figsize=(1.9 * per_class, 2.0 * len(store.classes)), layout='constrained')
+    axes = np.atleast_2d(fig.subplots(len(store.classes), per_class, squeeze=False))
+    for k, c in enumerate(store.classes):
+        pick = rows[store.labels[rows] == k][:per_class]
+        for j, ax in enumerate(axes[k]):
+            ax.set_axis_off()
+            if j < len(pick):
+                ax.imshow(np.asarray(store.images[pick[j]]), cmap='gray', vmin=0, vmax=255)
+                ax.set_title(f'{c} · #{pick[j]}', fontsize=8)
+    fig.suptitle(f'training images as stored ({store.images.shape[-1]} px), before augmentation', fontsize=9)
+    return fig
+
+def describe_model(model) -> pd.DataFrame:
+    "One row per block and the head: its 3×3 convolutions (in→out channels, /stride, dilation), parameters, and whether it is open (trainable and run) now."
+    conv = lambda c: f'{c.in_channels}→{c.out_channels}' + (f' /{c.stride[0]}' if c.stride[0] > 1 else '') + (f' dil {c.dilation[0]}' if c.dilation[0] > 1 else '')
+    rows = [{'part': f'block {i}', 'layers': ', '.join(conv(m) for m in blk.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)),
+             'parameters': sum(p.numel() for p in blk.parameters()), 'open now': i <= model.n_open}
+            for i, blk in enumerate(model.blocks, 1)]
+    rows.append({'part': 'head', 'layers': type(model.head).__name__, 'parameters': sum(p.numel() for p in model.head.parameters()), 'open now': True})
+    t = pd.DataFrame(rows).set_index('part')
+    t.loc['total'] = ['', int(t.parameters.sum()), '']
+    return t
+
+def show_evaluation(metrics: dict, run_dir: str | os.PathLike | None = None) -> None:
+    "Show an `evaluate_run` result inline: the summary with 95% intervals, the audit in words, and each checkpoint's plots."
+    from IPython.display import Image, Markdown, display
+    from brainmri.evaluate import interpret_audit, summary_table
+    run_dir = Path(run_dir or metrics['run_dir'])
+    display(Markdown(f"**{metrics['split']} split** of `{run_dir.name}` ({metrics['n'][metrics['split']]} images); "
+                     "intervals: 95%, from a bootstrap over groups (patients)"))
+    display(summary_table(metrics).T)
+    for name in ('best', 'swa'):
+        if name not in metrics: continue
+        e = metrics[name].get('epoch')
+        display(Markdown(f"### {name}.pt" + (f" (saved after epoch {e + 1})" if isinstance(e, int) else '') +
+                         f"\n\n{interpret_audit(metrics[name]['audit'])}"))
+        for file in metrics[name].get('plots', {}).values(): display(Image(filename=str(run_dir / file)))
