@@ -220,19 +220,24 @@ def build_phase_pipeline(phase: int, cfg: AugmentConfig | None = None) -> A.Comp
     return A.Compose([_TRANSFORM_TABLE[n][0](pp) for n in cfg.active(phase)] + tail)
 
 # %% ../nbs/02_augment.ipynb #c023
+def _phase_spans(cfg: AugmentConfig) -> list[str]:
+    "The epochs of each phase as people count them (from 1): phase 0 is epochs 1..b0."
+    b0, b1 = cfg.boundaries
+    return [f"epochs 1–{b0}" if b0 > 0 else "no epochs", f"epochs {b0 + 1}–{b1}" if b1 > b0 else "no epochs", f"epochs {b1 + 1}+"]
+
 def describe_pipeline(cfg: AugmentConfig | PhaseTransform | None = None, epoch: int | None = None, phase: int | None = None) -> str:
-    "Text readout of the pipeline active at `epoch` (or `phase`); `cfg` may be a PhaseTransform (its config and epoch)."
+    "Text readout of the pipeline active at (0-based) `epoch` (or `phase`), epochs shown from 1; `cfg` may be a PhaseTransform (its config and epoch)."
     if isinstance(cfg, PhaseTransform):
         if epoch is None and phase is None: epoch = cfg.epoch
         cfg = cfg.cfg
     cfg = cfg or AugmentConfig()
     if epoch is not None:
-        phase = phase_for_epoch(epoch, cfg); head = f"epoch {epoch} → phase {phase}"
+        phase = phase_for_epoch(epoch, cfg); head = f"epoch {epoch + 1} → phase {phase}"
     elif phase is not None:
         phase = _check_phase(phase); head = f"phase {phase}"
     else: raise BrainMRIError("describe_pipeline needs epoch= or phase=")
     b0, b1 = cfg.boundaries
-    span = [f"epochs {0}–{b0 - 1}", f"epochs {b0}–{b1 - 1}", f"epochs {b1}+"][phase]
+    span = _phase_spans(cfg)[phase]
     pp = cfg.phases[phase]
     lines = [f"{head} ({['strong', 'mild', 'minimal'][phase]}, {span})"]
     active = cfg.active(phase)
@@ -446,8 +451,9 @@ class AugmentationExplorer:
         self.n_samples, self._syncing, self.renders, self._last_p = n_samples, False, 0, {}
         first, b0, b1 = next(iter(self.images)), *self.cfg.boundaries
         c = self.controls = {
-            'epoch': W.IntSlider(value=epoch, min=0, max=max(max_epoch, epoch), description='epoch', continuous_update=False),
-            'phase': W.ToggleButtons(options=[(f'strong (epochs 0–{b0 - 1})', 0), (f'mild ({b0}–{b1 - 1})', 1), (f'minimal ({b1}+)', 2)],
+            # the slider counts epochs from 1, as the training progress line does; `epoch` (the argument) is 0-based
+            'epoch': W.IntSlider(value=epoch + 1, min=1, max=max(max_epoch, epoch + 1), description='epoch', continuous_update=False),
+            'phase': W.ToggleButtons(options=[(f"{('strong', 'mild', 'minimal')[i]} ({s})", i) for i, s in enumerate(_phase_spans(self.cfg))],
                                      value=phase_for_epoch(epoch, self.cfg), description='phase', style={'button_width': '130px'}),
             'class': W.Dropdown(options=list(self.images), value=first, description='class'),
             'sample': W.IntSlider(value=0, min=0, max=len(self.images[first]) - 1, description='sample', continuous_update=False),
@@ -490,7 +496,12 @@ class AugmentationExplorer:
         self.render()
 
     @property
-    def phase(self) -> int: return phase_for_epoch(self.controls['epoch'].value, self.cfg)
+    def phase(self) -> int: return phase_for_epoch(self.epoch, self.cfg)
+
+    @property
+    def epoch(self) -> int:
+        "The 0-based epoch shown (the slider shows it from 1)."
+        return self.controls['epoch'].value - 1
 
     def _is_on(self, name: str) -> bool:
         "A transform is on in the current phase when its probability there is above 0 and it is not disabled by name."
@@ -507,10 +518,10 @@ class AugmentationExplorer:
         c, owner = self.controls, change['owner']
         if owner is c['save_as']: return
         if owner is c['epoch']:
-            if phase_for_epoch(change['old'], self.cfg) != self.phase: self._load_phase()
+            if phase_for_epoch(change['old'] - 1, self.cfg) != self.phase: self._load_phase()
         elif owner is c['phase']:
             # the phase's first epoch (or keep the epoch when it already lies in that phase)
-            if self.phase != change['new']: self._sync(c['epoch'], (0, *self.cfg.boundaries)[change['new']])
+            if self.phase != change['new']: self._sync(c['epoch'], (0, *self.cfg.boundaries)[change['new']] + 1)
             self._load_phase()
         elif owner is c['class']:
             self._syncing = True
@@ -564,7 +575,7 @@ class AugmentationExplorer:
 
     def samples(self) -> torch.Tensor:
         "The augmented draws shown (n_samples×1×S×S): as `PhaseTransform` (CPU path) or `GPUPhaseAugment` (GPU path) makes them in training."
-        seed, epoch, img = self.controls['seed'].value, self.controls['epoch'].value, self.current_image()
+        seed, epoch, img = self.controls['seed'].value, self.epoch, self.current_image()
         if self.controls['path'].value == 'gpu':
             batch = torch.from_numpy(np.ascontiguousarray(img))[None, None].repeat(self.n_samples, 1, 1, 1)
             return GPUPhaseAugment(self.cfg, seed=seed, epoch=epoch)(batch)
@@ -603,7 +614,7 @@ class AugmentationExplorer:
         label, note = AUGMENT_PATHS[c['path'].value]
         fig.suptitle(f"epoch {c['epoch'].value} · phase {self.phase} · seed {c['seed'].value} · {cfg.img_size}×{cfg.img_size} px · {label}", fontsize=10)
         buf = io.BytesIO(); fig.savefig(buf, format='png'); self.image.value = buf.getvalue()
-        text = describe_pipeline(cfg, epoch=c['epoch'].value)
+        text = describe_pipeline(cfg, epoch=self.epoch)
         text += f"\nseed {c['seed'].value}, class {c['class'].value}, sample {c['sample'].value}"
         self.readout.value = (f'<pre style="font-size:12px; white-space:pre-wrap">{html.escape(text)}</pre>'
                               f'<div style="font-size:12px; max-width:1100px"><b>{html.escape(label)}:</b> {html.escape(note)}</div>')

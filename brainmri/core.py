@@ -200,8 +200,8 @@ def is_main_process() -> bool:
 _STYLES = {'info': 'cyan', 'good': 'bold green', 'warn': 'bold yellow', 'bad': 'bold red', 'action': 'magenta', None: None}
 
 def log(msg: str, kind: str | None = 'info') -> None:
-    "Print `msg` in the colour of `kind` ('info', 'good', 'warn', 'bad', 'action'), on rank 0 only."
-    if is_main_process(): text_console.print(msg, style=_STYLES.get(kind, kind))
+    "Print `msg` in the colour of `kind` ('info', 'good', 'warn', 'bad', 'action'), on rank 0 only; `msg` is plain text, not rich markup."
+    if is_main_process(): text_console.print(msg, style=_STYLES.get(kind, kind), markup=False)
 
 def progress(it: Iterable, total: int | None = None, desc: str = '', disable: bool = False) -> Iterator:
     "Iterate over `it` with a rich progress bar (a no-op wrapper off rank 0 or when `disable`)."
