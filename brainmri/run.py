@@ -433,6 +433,6 @@ def show_evaluation(metrics: dict, run_dir: str | os.PathLike | None = None) -> 
     for name in ('best', 'swa'):
         if name not in metrics: continue
         e = metrics[name].get('epoch')
-        display(Markdown(f"### {name}.pt" + (f" (saved after epoch {e + 1})" if isinstance(e, int) else '') +
-                         f"\n\n{interpret_audit(metrics[name]['audit'])}"))
+        display(Markdown(f"### {name}.pt" + (f" (saved after epoch {e + 1})" if isinstance(e, int) else '')))
+        display(Markdown(f"**{name}.pt:** {interpret_audit(metrics[name]['audit'])}"))
         for file in metrics[name].get('plots', {}).values(): display(Image(filename=str(run_dir / file)))
