@@ -367,16 +367,16 @@ def plot_history(run_dir: str | os.PathLike):
     h = _history(run_dir)
     if not h: raise BrainMRIError(f'run_dir={str(run_dir)!r} has no history yet')
     ep = [r['epoch'] + 1 for r in h]
-    fig = Figure(figsize=(15, 3.8)); axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(11, 3.6)); axes = fig.subplots(1, 3)   # readable at a notebook's width
     panels = ((('train_loss', 'val_loss'), 'loss', 'loss'), (('train_acc', 'val_acc', 'val_f1'), 'accuracy and macro-F1', 'fraction'),
               (('lr',), 'learning rate (end of epoch)', 'learning rate'))
     acted = [r['epoch'] + 1 for r in h if r.get('actions')]
     for ax, (keys, title, ylabel) in zip(axes, panels):
         for k in keys: ax.plot(ep, [r.get(k) for r in h], label=_CURVES[k], marker='.')
         for i, e in enumerate(acted): ax.axvline(e, color='m', alpha=.25, label='adaptive action' if i == 0 else None)
-        _epoch_axis(ax, ep); ax.set(title=title, ylabel=ylabel); ax.grid(alpha=.3); ax.legend(fontsize=8)
+        _epoch_axis(ax, ep); ax.set(title=title, ylabel=ylabel); ax.grid(alpha=.3); ax.legend(fontsize=7)
     axes[2].set_yscale('log')
-    fig.suptitle(f'{run_dir.name}: {len(h)} epoch{"s" if len(h) != 1 else ""} (magenta: an adaptive mechanism acted; actions.json says what and why)', fontsize=9)
+    fig.suptitle(f'{run_dir.name}: {len(h)} epoch{"s" if len(h) != 1 else ""} (magenta: an adaptive mechanism acted)', fontsize=10)
     fig.tight_layout()
     return fig
 
