@@ -453,13 +453,13 @@ class AugmentationExplorer:
         c = self.controls = {
             # the slider counts epochs from 1, as the training progress line does; `epoch` (the argument) is 0-based
             'epoch': W.IntSlider(value=epoch + 1, min=1, max=max(max_epoch, epoch + 1), description='epoch', continuous_update=False),
-            'phase': W.ToggleButtons(options=[(f"{('strong', 'mild', 'minimal')[i]} ({s})", i) for i, s in enumerate(_phase_spans(self.cfg))],
-                                     value=phase_for_epoch(epoch, self.cfg), description='phase', style={'button_width': '130px'}),
+            'phase': W.ToggleButtons(options=[(f"{('strong', 'mild', 'minimal')[i]}: {s}", i) for i, s in enumerate(_phase_spans(self.cfg))],
+                                     value=phase_for_epoch(epoch, self.cfg), description='phase', style={'button_width': '165px'}),
             'class': W.Dropdown(options=list(self.images), value=first, description='class'),
             'sample': W.IntSlider(value=0, min=0, max=len(self.images[first]) - 1, description='sample', continuous_update=False),
             'seed': W.BoundedIntText(value=_check_seed(seed), min=0, max=2**31 - 1, description='seed', layout=W.Layout(width='180px')),
             'path': W.ToggleButtons(options=[(label, k) for k, (label, _) in AUGMENT_PATHS.items()], value=path,
-                                    description='path', style={'button_width': '190px'}),
+                                    description='path', style={'button_width': '230px'}),
         }
         groups = []
         pp = self.cfg.phases[self.phase]
