@@ -19,9 +19,10 @@ CHROMIUM = os.environ.get('BRAINMRI_CHROMIUM', '/usr/bin/chromium')
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                   '--disable-background-networking', '--disable-component-update', '--disable-sync']
 # No news or update pop-up over the notebook, no "Select Kernel" dialog (start the notebook's kernel),
-# and no autosave: what a test types stays in the browser unless it saves.
+# every cell in the page (no windowing: the tests find cells by position), and no autosave: what a
+# test types stays in the browser unless it saves.
 LAB_OVERRIDES = {'@jupyterlab/apputils-extension:notification': {'fetchNews': 'false', 'checkForUpdates': False},
-                 '@jupyterlab/notebook-extension:tracker': {'autoStartDefaultKernel': True},
+                 '@jupyterlab/notebook-extension:tracker': {'autoStartDefaultKernel': True, 'windowingMode': 'none'},
                  '@jupyterlab/docmanager-extension:plugin': {'autosave': False}}
 SLOW = 300_000  # ms: kernel start, imports, a fit or a render on a loaded 2-core machine
 
@@ -146,6 +147,8 @@ def cell(page, index: int):
 
 
 def outputs_text(page, index: int) -> str:
+    "The text of cell `index`'s outputs."
+    cell(page, index).scroll_into_view_if_needed()
     return cell(page, index).locator('.jp-OutputArea').inner_text()
 
 
