@@ -4,9 +4,10 @@
 
 # %% ../nbs/02_augment.ipynb #c004
 from __future__ import annotations
-import dataclasses, html, io, math, multiprocessing as mp, random
+import dataclasses, html, io, math, multiprocessing as mp, os, random
 from dataclasses import dataclass, field
 from multiprocessing.context import get_spawning_popen
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import albumentations as A
@@ -16,16 +17,23 @@ import torch
 import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
 
-from .core import BrainMRIError
+from .core import BrainMRIError, load_json, save_json
 
 # %% auto #0
-__all__ = ['TRANSFORMS', 'PhaseParams', 'default_phases', 'AugmentConfig', 'phase_for_epoch', 'build_phase_pipeline',
-           'describe_pipeline', 'PhaseTransform', 'eval_transform', 'GPUPhaseAugment', 'AugmentationExplorer',
-           'augmentation_explorer']
+__all__ = ['TRANSFORMS', 'TRANSFORM_TITLES', 'TRANSFORM_HINTS', 'AUGMENT_PATHS', 'PhaseParams', 'default_phases', 'AugmentConfig',
+           'phase_for_epoch', 'build_phase_pipeline', 'describe_pipeline', 'PhaseTransform', 'eval_transform',
+           'GPUPhaseAugment', 'AugmentationExplorer', 'augmentation_explorer']
 
 # %% ../nbs/02_augment.ipynb #c007
 #: Transforms by name, in the order a pipeline applies them.
 TRANSFORMS = ('rotate', 'rot90', 'flip', 'hflip', 'affine', 'brightness_contrast', 'noise')
+#: What a researcher calls them (the explorer's box titles), and what each magnitude means.
+TRANSFORM_TITLES = {'rotate': 'Rotation', 'rot90': 'Quarter turns (90°)', 'flip': 'Flip (horizontal or vertical)',
+                    'hflip': 'Horizontal flip', 'affine': 'Shift and zoom', 'brightness_contrast': 'Brightness and contrast',
+                    'noise': 'Gaussian noise'}
+TRANSFORM_HINTS = {'rotate': 'random angle up to ± max', 'rot90': '0, 90, 180 or 270°', 'flip': 'left–right or up–down, 50:50',
+                   'hflip': 'left–right mirror', 'affine': 'shift: fraction of the side; zoom: factor range',
+                   'brightness_contrast': 'fractions of the full grey range', 'noise': 'std range, fraction of the grey range'}
 
 def _param(default, transform: str, label: str, lo: float, hi: float, ui_hi: float | None = None, step: float = 0.01):
     "A PhaseParams field: valid range [lo, hi]; the explorer's slider runs from lo to `ui_hi` (default hi)."
@@ -35,19 +43,19 @@ def _param(default, transform: str, label: str, lo: float, hi: float, ui_hi: flo
 @dataclass(frozen=True)
 class PhaseParams:
     "Probabilities (`*_p`) and magnitudes of one augmentation phase. Frozen: use `dataclasses.replace`."
-    rotate_p: float = _param(0.0, 'rotate', 'p', 0, 1)
-    rotate_limit: float = _param(0.0, 'rotate', 'limit °', 0, 180, ui_hi=30, step=0.5)  # ± degrees
-    rot90_p: float = _param(0.0, 'rot90', 'p', 0, 1)
-    flip_p: float = _param(0.0, 'flip', 'p', 0, 1)    # one of horizontal / vertical flip, 50:50
-    hflip_p: float = _param(0.0, 'hflip', 'p', 0, 1)  # horizontal flip only
-    affine_p: float = _param(0.0, 'affine', 'p', 0, 1)
-    translate: float = _param(0.0, 'affine', 'translate ±', 0, 0.5, ui_hi=0.1, step=0.001)  # fraction of the side
-    scale: tuple = _param((1.0, 1.0), 'affine', 'scale', 0.05, 4.0, ui_hi=1.3, step=0.005)
-    brightness_contrast_p: float = _param(0.0, 'brightness_contrast', 'p', 0, 1)
+    rotate_p: float = _param(0.0, 'rotate', 'probability', 0, 1)
+    rotate_limit: float = _param(0.0, 'rotate', 'max angle °', 0, 180, ui_hi=30, step=0.5)  # ± degrees
+    rot90_p: float = _param(0.0, 'rot90', 'probability', 0, 1)
+    flip_p: float = _param(0.0, 'flip', 'probability', 0, 1)    # one of horizontal / vertical flip, 50:50
+    hflip_p: float = _param(0.0, 'hflip', 'probability', 0, 1)  # horizontal flip only
+    affine_p: float = _param(0.0, 'affine', 'probability', 0, 1)
+    translate: float = _param(0.0, 'affine', 'shift ±', 0, 0.5, ui_hi=0.1, step=0.001)  # fraction of the side
+    scale: tuple = _param((1.0, 1.0), 'affine', 'zoom', 0.05, 4.0, ui_hi=1.3, step=0.005)
+    brightness_contrast_p: float = _param(0.0, 'brightness_contrast', 'probability', 0, 1)
     brightness: float = _param(0.0, 'brightness_contrast', 'brightness ±', 0, 1, ui_hi=0.3, step=0.005)
     contrast: float = _param(0.0, 'brightness_contrast', 'contrast ±', 0, 1, ui_hi=0.3, step=0.005)
-    noise_p: float = _param(0.0, 'noise', 'p', 0, 1)
-    noise_std: tuple = _param((0.0, 0.0), 'noise', 'std', 0, 1, ui_hi=0.1, step=0.001)  # fraction of 255
+    noise_p: float = _param(0.0, 'noise', 'probability', 0, 1)
+    noise_std: tuple = _param((0.0, 0.0), 'noise', 'strength (std)', 0, 1, ui_hi=0.1, step=0.001)  # fraction of 255
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -144,6 +152,25 @@ class AugmentConfig:
         if unknown: raise BrainMRIError(f"augment config: unknown keys {sorted(unknown)}")
         return cls(**d)
 
+    def save(self, path: str | os.PathLike) -> Path:
+        "Write the config to `path` as JSON, atomically; `AugmentConfig.load` (and a run's `augment` parameter) reads it."
+        path = Path(path)
+        if path.suffix.lower() != '.json': raise BrainMRIError(f"augment file {str(path)!r} must end in .json")
+        if path.is_dir(): raise BrainMRIError(f"augment file {str(path)!r} is a folder")
+        try: return save_json(self.to_dict(), path)
+        except OSError as e: raise BrainMRIError(f"augment file {str(path)!r} cannot be written: {e.strerror or e}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, name: str = 'augment') -> AugmentConfig:
+        "Read a config written by `save`; the error names parameter `name`, the file and what is wrong in it."
+        path = Path(path)
+        if not path.is_file(): raise BrainMRIError(f"{name}={str(path)!r} does not exist" if not path.exists() else f"{name}={str(path)!r} is not a file")
+        try: d = load_json(path)
+        except BrainMRIError as e: raise BrainMRIError(f"{name}={str(path)!r}: {e}") from None
+        if not isinstance(d, dict): raise BrainMRIError(f"{name}={str(path)!r} holds {type(d).__name__}, not an augmentation config (a JSON object)")
+        try: return cls.from_dict(d)
+        except BrainMRIError as e: raise BrainMRIError(f"{name}={str(path)!r}: {e}") from None
+
 def _as_phase_params(p, i: int) -> PhaseParams:
     if isinstance(p, PhaseParams): return p
     if not isinstance(p, Mapping): raise BrainMRIError(f"phases[{i}]={p!r} must be a PhaseParams or a dict of its fields")
@@ -193,19 +220,24 @@ def build_phase_pipeline(phase: int, cfg: AugmentConfig | None = None) -> A.Comp
     return A.Compose([_TRANSFORM_TABLE[n][0](pp) for n in cfg.active(phase)] + tail)
 
 # %% ../nbs/02_augment.ipynb #c023
+def _phase_spans(cfg: AugmentConfig) -> list[str]:
+    "The epochs of each phase as people count them (from 1): phase 0 is epochs 1..b0."
+    b0, b1 = cfg.boundaries
+    return [f"epochs 1–{b0}" if b0 > 0 else "no epochs", f"epochs {b0 + 1}–{b1}" if b1 > b0 else "no epochs", f"epochs {b1 + 1}+"]
+
 def describe_pipeline(cfg: AugmentConfig | PhaseTransform | None = None, epoch: int | None = None, phase: int | None = None) -> str:
-    "Text readout of the pipeline active at `epoch` (or `phase`); `cfg` may be a PhaseTransform (its config and epoch)."
+    "Text readout of the pipeline active at (0-based) `epoch` (or `phase`), epochs shown from 1; `cfg` may be a PhaseTransform (its config and epoch)."
     if isinstance(cfg, PhaseTransform):
         if epoch is None and phase is None: epoch = cfg.epoch
         cfg = cfg.cfg
     cfg = cfg or AugmentConfig()
     if epoch is not None:
-        phase = phase_for_epoch(epoch, cfg); head = f"epoch {epoch} → phase {phase}"
+        phase = phase_for_epoch(epoch, cfg); head = f"epoch {epoch + 1} → phase {phase}"
     elif phase is not None:
         phase = _check_phase(phase); head = f"phase {phase}"
     else: raise BrainMRIError("describe_pipeline needs epoch= or phase=")
     b0, b1 = cfg.boundaries
-    span = [f"epochs {0}–{b0 - 1}", f"epochs {b0}–{b1 - 1}", f"epochs {b1}+"][phase]
+    span = _phase_spans(cfg)[phase]
     pp = cfg.phases[phase]
     lines = [f"{head} ({['strong', 'mild', 'minimal'][phase]}, {span})"]
     active = cfg.active(phase)
@@ -391,10 +423,22 @@ class GPUPhaseAugment:
         return (out - cfg.mean) / cfg.std
 
 # %% ../nbs/02_augment.ipynb #c055
+#: The two ways training augments, and where the GPU path differs from the CPU one.
+AUGMENT_PATHS = {
+    'cpu': ('CPU workers (albumentations)', 'what training applies with gpu_data off (the default without CUDA): '
+            'PhaseTransform in the DataLoader workers.'),
+    'gpu': ('GPU batch (torch)', 'what training applies with gpu_data on (the default on CUDA): GPUPhaseAugment, here on '
+            'CPU tensors. It differs from the CPU path: rotation, quarter turns, flips, shift and zoom are one bilinear '
+            'resampling that also resizes (the CPU path resamples per transform, then resizes); noise is added after the '
+            'resize (a little stronger per pixel); the random draws come from torch, so draw i is another picture than '
+            'on the CPU path, with the same probabilities and ranges.'),
+}
+
 class AugmentationExplorer:
     "State and widgets of the augmentation explorer; `.box` is the panel, `.controls` the widgets by name."
     def __init__(self, images_by_class: Mapping[str, Sequence[np.ndarray]], cfg: AugmentConfig | None = None,
-                 seed: int = 0, epoch: int = 0, n_samples: int = 8, max_epoch: int = 60):
+                 seed: int = 0, epoch: int = 0, n_samples: int = 8, max_epoch: int = 60, path: str = 'cpu',
+                 save_as: str | os.PathLike | None = None):
         import ipywidgets as W
         if not isinstance(images_by_class, Mapping) or not images_by_class or not all(len(v) for v in images_by_class.values()):
             raise BrainMRIError("images_by_class must be a non-empty dict of class name -> non-empty list of uint8 H×W images")
@@ -402,86 +446,155 @@ class AugmentationExplorer:
         self.cfg = cfg if cfg is not None else AugmentConfig()
         if not isinstance(self.cfg, AugmentConfig): raise BrainMRIError(f"cfg must be an AugmentConfig, got {type(cfg).__name__}")
         if not isinstance(n_samples, int) or not 1 <= n_samples <= 32: raise BrainMRIError(f"n_samples={n_samples!r} must be an integer in [1, 32]")
+        if path not in AUGMENT_PATHS: raise BrainMRIError(f"path={path!r} must be one of {', '.join(AUGMENT_PATHS)}")
         phase_for_epoch(epoch, self.cfg)
-        self.n_samples, self._syncing, self.renders = n_samples, False, 0
-        first = next(iter(self.images))
+        self.n_samples, self._syncing, self.renders, self._last_p = n_samples, False, 0, {}
+        first, b0, b1 = next(iter(self.images)), *self.cfg.boundaries
         c = self.controls = {
-            'epoch': W.IntSlider(value=epoch, min=0, max=max(max_epoch, epoch), description='epoch', continuous_update=False),
+            # the slider counts epochs from 1, as the training progress line does; `epoch` (the argument) is 0-based
+            'epoch': W.IntSlider(value=epoch + 1, min=1, max=max(max_epoch, epoch + 1), description='epoch', continuous_update=False),
+            'phase': W.ToggleButtons(options=[(f"{('strong', 'mild', 'minimal')[i]}: {s}", i) for i, s in enumerate(_phase_spans(self.cfg))],
+                                     value=phase_for_epoch(epoch, self.cfg), description='phase', style={'button_width': '165px'}),
             'class': W.Dropdown(options=list(self.images), value=first, description='class'),
             'sample': W.IntSlider(value=0, min=0, max=len(self.images[first]) - 1, description='sample', continuous_update=False),
-            'seed': W.BoundedIntText(value=_check_seed(seed), min=0, max=2**31 - 1, description='seed'),
+            'seed': W.BoundedIntText(value=_check_seed(seed), min=0, max=2**31 - 1, description='seed', layout=W.Layout(width='180px')),
+            'path': W.ToggleButtons(options=[(label, k) for k, (label, _) in AUGMENT_PATHS.items()], value=path,
+                                    description='path', style={'button_width': '230px'}),
         }
         groups = []
         pp = self.cfg.phases[self.phase]
         for name in TRANSFORMS:
-            on = W.Checkbox(value=name not in self.cfg.disabled, description='on', indent=False)
+            on = W.Checkbox(value=self._is_on(name), description='on in this phase', indent=False)
             c[f'{name}_on'] = on
-            rows = [W.HTML(f'<b>{name}</b>'), on]
+            rows = [W.HTML(f'<b>{html.escape(TRANSFORM_TITLES[name])}</b><br><small>{html.escape(TRANSFORM_HINTS[name])}</small>'), on]
             for f in dataclasses.fields(PhaseParams):
                 md = f.metadata
                 if md['transform'] != name: continue
                 v = getattr(pp, f.name)
                 kw = dict(min=md['lo'], max=max(md['ui_hi'], *np.atleast_1d(v)), step=md['step'], value=v,
                           description=md['label'], continuous_update=False, readout_format='.3f',
-                          style={'description_width': '90px'}, layout=W.Layout(width='370px' if isinstance(v, tuple) else '320px'))
+                          style={'description_width': '95px'}, layout=W.Layout(width='370px' if isinstance(v, tuple) else '320px'))
                 c[f.name] = (W.FloatRangeSlider if isinstance(v, tuple) else W.FloatSlider)(**kw)
                 rows.append(c[f.name])
             groups.append(W.VBox(rows, layout=W.Layout(border='1px solid #ddd', padding='4px', margin='2px')))
+        c['save_as'] = W.Text(value=str(save_as or 'augment.json'), description='save as', layout=W.Layout(width='520px'))
         for k, w in c.items():
             w.add_class(f'bmri-{k}')
             w.observe(self._changed, names='value')
+        self.save_button = W.Button(description='Save', button_style='primary', icon='save', tooltip='write this configuration as JSON')
+        self.save_button.add_class('bmri-save'); self.save_button.on_click(lambda _: self.save())
+        self.status = W.HTML(); self.status.add_class('bmri-save-status')
         self.image = W.Image(format='png')
         self.image.add_class('bmri-image')
         self.readout = W.HTML()
         self.readout.add_class('bmri-readout')
-        top = W.HBox([c['epoch'], c['class'], c['sample'], c['seed']], layout=W.Layout(flex_flow='row wrap'))
-        self.box = W.VBox([top, W.HBox(groups, layout=W.Layout(flex_flow='row wrap')), self.image, self.readout])
+        wrap = W.Layout(flex_flow='row wrap', align_items='center')
+        top = W.VBox([W.HBox([c['epoch'], c['phase']], layout=wrap), W.HBox([c['class'], c['sample'], c['seed']], layout=wrap), c['path']])
+        save_row = W.HBox([c['save_as'], self.save_button, self.status], layout=wrap)
+        self.box = W.VBox([top, W.HBox(groups, layout=wrap), self.image, self.readout, save_row])
         self.box.explorer = self
         self.render()
 
     @property
-    def phase(self) -> int: return phase_for_epoch(self.controls['epoch'].value, self.cfg)
+    def phase(self) -> int: return phase_for_epoch(self.epoch, self.cfg)
+
+    @property
+    def epoch(self) -> int:
+        "The 0-based epoch shown (the slider shows it from 1)."
+        return self.controls['epoch'].value - 1
+
+    def _is_on(self, name: str) -> bool:
+        "A transform is on in the current phase when its probability there is above 0 and it is not disabled by name."
+        return name in self.cfg.active(self.phase)
+
+    def _sync(self, widget, value) -> None:
+        "Set a widget without triggering another update."
+        self._syncing = True
+        try: widget.value = value
+        finally: self._syncing = False
 
     def _changed(self, change) -> None:
         if self._syncing: return
         c, owner = self.controls, change['owner']
-        if owner is c['epoch'] and phase_for_epoch(change['old'], self.cfg) != self.phase:
+        if owner is c['save_as']: return
+        if owner is c['epoch']:
+            if phase_for_epoch(change['old'] - 1, self.cfg) != self.phase: self._load_phase()
+        elif owner is c['phase']:
+            # the phase's first epoch (or keep the epoch when it already lies in that phase)
+            if self.phase != change['new']: self._sync(c['epoch'], (0, *self.cfg.boundaries)[change['new']] + 1)
             self._load_phase()
         elif owner is c['class']:
             self._syncing = True
             try: c['sample'].max, c['sample'].value = len(self.images[change['new']]) - 1, 0
             finally: self._syncing = False
-        elif owner not in (c['epoch'], c['sample'], c['seed']):
+        elif owner not in (c['sample'], c['seed'], c['path']):
+            name = next((n for n in TRANSFORMS if owner is c[f'{n}_on']), None)
+            if name is not None: self._switch(name, change['new'])
             try: self.cfg = self._config_from_controls()
             except BrainMRIError as e:
                 self.readout.value = f'<pre style="color:#b00">{html.escape(str(e))}</pre>'; return
+            self._sync_switches()
         self.render()
 
+    def _switch(self, name: str, on: bool) -> None:
+        "The 'on' box: off sets the transform's probability in this phase to 0 (remembered); on restores it (or the recipe's, or 0.5)."
+        p = self.controls[f'{name}_p']
+        if not on:
+            if p.value > 0: self._last_p[self.phase, name] = p.value
+            self._sync(p, 0.0)
+        elif p.value == 0:
+            recipe = [pp.p(name) for pp in default_phases()]
+            self._sync(p, self._last_p.get((self.phase, name)) or recipe[self.phase] or max(recipe) or 0.5)
+
+    def _sync_switches(self) -> None:
+        for n in TRANSFORMS: self._sync(self.controls[f'{n}_on'], self._is_on(n))
+
     def _load_phase(self) -> None:
-        "Show the current phase's values in the sliders (without re-rendering for each one)."
+        "Show the current phase's values in the sliders, the phase buttons and the 'on' boxes (without re-rendering for each)."
         pp = self.cfg.phases[self.phase]
         self._syncing = True
         try:
+            self.controls['phase'].value = self.phase
             for f in dataclasses.fields(PhaseParams):
                 w, v = self.controls[f.name], getattr(pp, f.name)
                 w.max = max(w.max, *np.atleast_1d(v)); w.value = v
         finally: self._syncing = False
+        self._sync_switches()
 
     def _config_from_controls(self) -> AugmentConfig:
         c = self.controls
         changes = {f.name: tuple(c[f.name].value) if isinstance(c[f.name].value, (tuple, list)) else c[f.name].value
                    for f in dataclasses.fields(PhaseParams)}
         cfg = self.cfg.with_phase(self.phase, **changes)
-        return dataclasses.replace(cfg, disabled=tuple(n for n in TRANSFORMS if not c[f'{n}_on'].value))
+        # a transform disabled by name (in a loaded config) comes back when its box is ticked or its probability raised
+        back = {n for n in cfg.disabled if c[f'{n}_on'].value or c[f'{n}_p'].value != self.cfg.phases[self.phase].p(n)}
+        return dataclasses.replace(cfg, disabled=tuple(n for n in cfg.disabled if n not in back))
 
     def current_image(self) -> np.ndarray:
         return self.images[self.controls['class'].value][self.controls['sample'].value]
 
     def samples(self) -> torch.Tensor:
-        "The augmented draws shown (n_samples×1×S×S), as `PhaseTransform` makes them in training."
-        tf = PhaseTransform(self.cfg, seed=self.controls['seed'].value, epoch=self.controls['epoch'].value)
-        img = self.current_image()
+        "The augmented draws shown (n_samples×1×S×S): as `PhaseTransform` (CPU path) or `GPUPhaseAugment` (GPU path) makes them in training."
+        seed, epoch, img = self.controls['seed'].value, self.epoch, self.current_image()
+        if self.controls['path'].value == 'gpu':
+            batch = torch.from_numpy(np.ascontiguousarray(img))[None, None].repeat(self.n_samples, 1, 1, 1)
+            return GPUPhaseAugment(self.cfg, seed=seed, epoch=epoch)(batch)
+        tf = PhaseTransform(self.cfg, seed=seed, epoch=epoch)
         return torch.stack([tf(img, i) for i in range(self.n_samples)])
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        "Write the configuration shown to `path` (default: the 'save as' box; relative paths from the project folder) and say how to train with it."
+        from brainmri.core import project_path
+        given = str(path if path is not None else self.controls['save_as'].value).strip()
+        try:
+            if not given: raise BrainMRIError("save as: give a file name ending in .json")
+            out = self.cfg.save(project_path(given))
+        except BrainMRIError as e:
+            self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'; raise
+        self.status.value = (f'saved <code>{html.escape(str(out))}</code>: train with it through the parameter '
+                             f'<code>augment={html.escape(repr(given))}</code> (train.ipynb, papermill <code>-p augment {html.escape(given)}</code>, '
+                             f'<code>brainmri_train --augment {html.escape(given)}</code>)')
+        return out
 
     def render(self) -> None:
         "Redraw the picture and the readout from the controls."
@@ -496,16 +609,20 @@ class AugmentationExplorer:
         ax.set_title(f"{c['class'].value} #{c['sample'].value}\noriginal", fontsize=9)
         for i, im in enumerate(shown):
             ax = fig.add_subplot(gs[i // cols, 1 + i % cols]); ax.imshow(im, cmap='gray', vmin=0, vmax=1)
-            ax.set_title(f'idx {i}', fontsize=8)
+            ax.set_title(f'draw {i + 1}', fontsize=8)
         for ax in fig.axes: ax.set_axis_off()
-        fig.suptitle(f"epoch {c['epoch'].value} · phase {self.phase} · seed {c['seed'].value}", fontsize=10)
+        label, note = AUGMENT_PATHS[c['path'].value]
+        fig.suptitle(f"epoch {c['epoch'].value} · phase {self.phase} · seed {c['seed'].value} · {cfg.img_size}×{cfg.img_size} px · {label}", fontsize=10)
         buf = io.BytesIO(); fig.savefig(buf, format='png'); self.image.value = buf.getvalue()
-        text = describe_pipeline(cfg, epoch=c['epoch'].value)
+        text = describe_pipeline(cfg, epoch=self.epoch)
         text += f"\nseed {c['seed'].value}, class {c['class'].value}, sample {c['sample'].value}"
-        self.readout.value = f'<pre style="font-size:12px">{html.escape(text)}</pre>'
+        self.readout.value = (f'<pre style="font-size:12px; white-space:pre-wrap">{html.escape(text)}</pre>'
+                              f'<div style="font-size:12px; max-width:1100px"><b>{html.escape(label)}:</b> {html.escape(note)}</div>')
         self.renders += 1
 
 def augmentation_explorer(images_by_class: Mapping[str, Sequence[np.ndarray]], cfg: AugmentConfig | None = None,
-                          seed: int = 0, epoch: int = 0, n_samples: int = 8, max_epoch: int = 60):
+                          seed: int = 0, epoch: int = 0, n_samples: int = 8, max_epoch: int = 60, path: str = 'cpu',
+                          save_as: str | os.PathLike | None = None):
     "The explorer panel (an ipywidgets VBox; its `.explorer` attribute holds the AugmentationExplorer)."
-    return AugmentationExplorer(images_by_class, cfg, seed=seed, epoch=epoch, n_samples=n_samples, max_epoch=max_epoch).box
+    return AugmentationExplorer(images_by_class, cfg, seed=seed, epoch=epoch, n_samples=n_samples, max_epoch=max_epoch,
+                                path=path, save_as=save_as).box

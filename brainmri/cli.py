@@ -4,18 +4,19 @@
 
 # %% ../nbs/11_cli.ipynb #c004
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, sys, textwrap
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 from fastcore.docments import docments
 
-from .core import BrainMRIError, load_json, log, console
+from .core import BrainMRIError, atomic_write, load_json, log, console
 from .run import PRESETS, TrainConfig, config_with_preset, list_runs, plot_runs, run_training
 
 # %% auto #0
-__all__ = ['run_command', 'train_parser', 'train_config_from_args', 'train_cli', 'evaluate_cli', 'predict_cli', 'runs_cli']
+__all__ = ['run_command', 'train_parser', 'train_config_from_args', 'train_cli', 'evaluate_cli', 'predict_cli', 'runs_table',
+           'runs_cli']
 
 # %% ../nbs/11_cli.ipynb #c005
 def run_command(fn: Callable[[], object]) -> int:
@@ -109,13 +110,44 @@ def predict_cli(argv: Sequence[str] | None = None) -> int:
             else: console.print(f"{r['file']}: [bold]{r['label']}[/]  " + '  '.join(f'{k} {v:.3f}' for k, v in r['probs'].items()))
     return run_command(go)
 
+def _fmt(v, ci=None) -> str:
+    "A metric with its 95% interval, '0.613 (0.38–0.77)'; '–' when absent."
+    if v is None or (isinstance(v, float) and v != v): return '–'
+    return f'{v:.3f}' + (f' ({ci[0]:.2f}–{ci[1]:.2f})' if isinstance(ci, (list, tuple)) and len(ci) == 2 else '')
+
+def runs_table(df, width: int = 120) -> str:
+    "The runs of `list_runs` as a text table no wider than `width`: headline test metrics with their group-bootstrap 95% intervals."
+    started = lambda r: r['started'][5:16].replace('T', ' ') if isinstance(r['started'], str) else ''   # MM-DD HH:MM
+    cols = [('run', lambda r: str(r['run'])), ('started', started),
+            ('epochs', lambda r: str(r['epochs_run'])), ('val acc', lambda r: _fmt(r['best_val_acc'])),
+            ('test acc (95% CI)', lambda r: _fmt(r['test_acc'], r.get('test_acc_ci'))),
+            ('macro-F1 (95% CI)', lambda r: _fmt(r['test_macro_f1'], r.get('test_macro_f1_ci'))),
+            ('ECE', lambda r: _fmt(r['test_ece'])), ('hidden', lambda r: _fmt(r['acc_tumour_hidden'])),
+            ('only', lambda r: _fmt(r['acc_tumour_only']))]
+    if df['swa_test_acc'].notna().any(): cols.append(('SWA acc', lambda r: _fmt(r['swa_test_acc'])))
+    rows = [[get(r) for _, get in cols] for r in df.to_dict('records')]
+    widths = [max(len(name), *(len(row[i]) for row in rows)) for i, (name, _) in enumerate(cols)]
+    over = sum(widths) + 2 * (len(cols) - 1) - width
+    if over > 0: widths[0] = max(8, widths[0] - over)   # long run names are cut in the middle
+    cut = lambda s, w: s if len(s) <= w else s[:(w - 1) // 2] + '…' + s[len(s) - (w - (w - 1) // 2 - 1):]
+    line = lambda cells: '  '.join(cut(c, w).ljust(w) if i < 2 else cut(c, w).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    notes = ('val acc: best validation accuracy; test: best.pt on the test split, intervals from a bootstrap over patients; '
+             'hidden / only: test accuracy with the tumour box hidden / with only the box (shortcut audit)')
+    return '\n'.join([line([name for name, _ in cols]), *(line(r) for r in rows), '', textwrap.fill(notes, width)])
+
 def runs_cli(argv: Sequence[str] | None = None) -> int:
-    "Console entry `brainmri_runs [ROOT]`: the table of runs, and optionally their curves as a PNG."
-    p = argparse.ArgumentParser(prog='brainmri_runs', description='List the runs under a folder with their key metrics.')
+    "Console entry `brainmri_runs [ROOT]`: the table of runs (with 95% intervals), optionally every column as CSV or the curves as a PNG."
+    p = argparse.ArgumentParser(prog='brainmri_runs', description='List the runs under a folder with their key test metrics and '
+                                'group-bootstrap 95%% intervals (relative folders are read from the project folder).')
     p.add_argument('root', nargs='?', default='runs'); p.add_argument('--plot', default=None, help='save the curves to this PNG')
+    p.add_argument('--csv', default=None, help='write every column (parameters included) to this CSV file')
+    p.add_argument('--width', type=int, default=120, help='widest line of the table')
     a = p.parse_args(argv)
     def go():
         df = list_runs(a.root)
-        console.print(df.to_string(index=False) if len(df) else f'no runs under {a.root}')
-        if a.plot and len(df): plot_runs(a.root).savefig(a.plot, dpi=100)
+        if not len(df): log(f'no runs under {a.root}', None); return
+        print(runs_table(df, a.width))
+        if a.csv:
+            with atomic_write(a.csv, 'w') as f: df.to_csv(f, index=False)
+        if a.plot: plot_runs(a.root).savefig(a.plot, dpi=100)
     return run_command(go)

@@ -15,10 +15,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 # %% auto #0
-__all__ = ['console', 'BrainMRIError', 'get_device', 'seed_everything', 'seed_worker', 'make_generator', 'check_number',
-           'to_plain', 'nan_to_none', 'repo_root', 'sample_data_dir', 'check_path', 'injected_parameters',
-           'check_names', 'atomic_write', 'atomic_dir', 'save_json', 'load_json', 'dist_rank', 'is_main_process', 'log',
-           'progress']
+__all__ = ['console', 'text_console', 'BrainMRIError', 'get_device', 'seed_everything', 'seed_worker', 'make_generator',
+           'check_number', 'to_plain', 'nan_to_none', 'repo_root', 'sample_data_dir', 'check_path', 'project_root',
+           'project_path', 'injected_parameters', 'check_names', 'atomic_write', 'atomic_dir', 'save_json', 'load_json',
+           'dist_rank', 'is_main_process', 'log', 'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 class BrainMRIError(ValueError):
@@ -115,6 +115,26 @@ def check_path(path: str | os.PathLike, name: str, kind: str = 'any') -> Path:
     if kind == 'dir' and not p.is_dir(): raise BrainMRIError(f"{name}={str(path)!r} is not a folder")
     return p
 
+# %% ../nbs/00_core.ipynb #b6313c22
+def _is_project(p: Path) -> bool:
+    try: return (p / 'settings.ini').is_file() and 'lib_name = brainmri' in (p / 'settings.ini').read_text(encoding='utf-8')
+    except OSError: return False
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    "The kit's project folder: nearest folder at or above `start` (default: the working folder) with brainmri's settings.ini, else the package's checkout, else the working folder."
+    start = Path(start if start is not None else Path.cwd()).resolve()
+    for p in [start, *start.parents]:
+        if _is_project(p): return p
+    return repo_root() if _is_project(repo_root()) else Path.cwd()
+
+def project_path(path: str | os.PathLike | None) -> Path | None:
+    "`path` for the kit: absolute (or `~`) as given; relative from `project_root()`, unless it exists only from the working folder."
+    if path is None or str(path) == '': return None
+    p = Path(path).expanduser()
+    if p.is_absolute(): return p
+    root = project_root()
+    return Path.cwd() / p if not (root / p).exists() and (Path.cwd() / p).exists() else root / p
+
 # %% ../nbs/00_core.ipynb #c018b
 def injected_parameters(ns: dict) -> dict[str, Any]:
     "The names and values papermill injected (`-p NAME VALUE`) into the notebook whose globals are `ns`; {} when none were."
@@ -187,6 +207,11 @@ def load_json(path: str | os.PathLike) -> Any:
 
 # %% ../nbs/00_core.ipynb #c024
 console = Console(highlight=False, soft_wrap=True)   # log lines stay whole in files and papermill output
+# In Jupyter rich prints every line as its own HTML <pre> that clips underscores and cuts long lines;
+# log lines go to the output stream as plain text with ANSI colours instead, which JupyterLab wraps
+# and papermill keeps as text. (Progress bars keep `console`: they need its live display.)
+text_console = (Console(highlight=False, soft_wrap=True, force_jupyter=False, force_terminal=True, color_system='standard')
+                if console.is_jupyter else console)
 
 def dist_rank() -> int:
     "This process's rank under torchrun (0 when not distributed)."
@@ -199,8 +224,8 @@ def is_main_process() -> bool:
 _STYLES = {'info': 'cyan', 'good': 'bold green', 'warn': 'bold yellow', 'bad': 'bold red', 'action': 'magenta', None: None}
 
 def log(msg: str, kind: str | None = 'info') -> None:
-    "Print `msg` in the colour of `kind` ('info', 'good', 'warn', 'bad', 'action'), on rank 0 only."
-    if is_main_process(): console.print(msg, style=_STYLES.get(kind, kind))
+    "Print `msg` in the colour of `kind` ('info', 'good', 'warn', 'bad', 'action'), on rank 0 only; `msg` is plain text, not rich markup."
+    if is_main_process(): text_console.print(msg, style=_STYLES.get(kind, kind), markup=False)
 
 def progress(it: Iterable, total: int | None = None, desc: str = '', disable: bool = False) -> Iterator:
     "Iterate over `it` with a rich progress bar (a no-op wrapper off rank 0 or when `disable`)."

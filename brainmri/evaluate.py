@@ -402,17 +402,28 @@ def plot_confusion(cm, classes: Sequence[str] = CLASSES, title: str = '', path=N
     return _save(fig, path)
 
 def plot_reliability(probs_before, probs_after, labels, n_bins: int = 15, title: str = '', path=None) -> Figure:
-    "Reliability diagrams before and after temperature scaling, with their ECE."
-    fig = Figure(figsize=(9, 4)); axes = fig.subplots(1, 2, sharey=True)
+    "Reliability diagrams before and after temperature scaling, with their ECE and the number of images in each bin."
+    fig = Figure(figsize=(9, 4.3)); axes = fig.subplots(1, 2, sharey=True)
     for ax, probs, name in zip(axes, (probs_before, probs_after), ('before', 'after temperature scaling')):
         r = reliability_bins(probs, labels, n_bins); e = r['edges']; used = r['count'] > 0
-        ax.bar(e[:-1][used], r['accuracy'][used], width=1 / n_bins, align='edge', edgecolor='k', color='tab:blue', label='accuracy')
+        # a bin's bar is as trustworthy as its count: few images, pale bar (a 1-image bin reads 0 or 1)
+        shade = np.clip(r['count'][used] / max(r['count'].max(), 1), 0.25, 1.0)
+        bars = ax.bar(e[:-1][used], r['accuracy'][used], width=1 / n_bins, align='edge', edgecolor='k', color='tab:blue')
+        for b, a in zip(bars, shade): b.set_alpha(float(a))
         ax.bar(e[:-1][used], (r['confidence'] - r['accuracy'])[used], bottom=r['accuracy'][used], width=1 / n_bins, align='edge',
-               color='tab:red', alpha=0.3, hatch='//', label='gap to confidence')
+               color='tab:red', alpha=0.3, hatch='//')
+        for x, top, n in zip(e[:-1][used], np.maximum(r['accuracy'], r['confidence'])[used], r['count'][used]):
+            ax.text(x + 0.5 / n_bins, min(top, 1.0) + 0.01, str(int(n)), ha='center', va='bottom', fontsize=7)
         ax.plot([0, 1], [0, 1], 'k--', lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='confidence', title=f"{name}: ECE {expected_calibration_error(probs, labels, n_bins):.3f}")
-    axes[0].set_ylabel('accuracy'); axes[0].legend(loc='upper left')
+        ax.set(xlim=(0, 1), ylim=(0, 1.1), xlabel='confidence (top-class probability)',
+               title=f"{name}: ECE {expected_calibration_error(probs, labels, n_bins):.3f}")
+    from matplotlib.patches import Patch
+    axes[0].set_ylabel('accuracy')
+    axes[0].legend(handles=[Patch(facecolor='tab:blue', edgecolor='k', label='accuracy'),
+                            Patch(facecolor='tab:red', alpha=0.3, hatch='//', label='gap to confidence')], loc='upper left', fontsize=8)
+    fig.text(0.5, 0.005, 'numbers above the bars: images in each bin (pale bars: few images)', ha='center', va='bottom', fontsize=8)
     if title: fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return _save(fig, path)
 
 def plot_roc(labels, probs, classes: Sequence[str] = CLASSES, title: str = '', path=None) -> Figure:
@@ -429,12 +440,17 @@ def plot_roc(labels, probs, classes: Sequence[str] = CLASSES, title: str = '', p
     return _save(fig, path)
 
 def plot_cam_grid(images, cams, boxes=None, titles: Sequence[str] | None = None, ncols: int = 4, path=None) -> Figure:
-    "Grad-CAM overlays (jet, over the grey image) with the tumour box (green) and the CAM peak (white cross)."
+    "Grad-CAM overlays (jet, over the grey image) with the tumour box (green) and the CAM peak (white cross); a legend and a colour bar say which is which."
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+    from matplotlib.patheffects import withStroke
     images, cams = _np(images, float), _np(cams, float)
     if images.ndim == 4: images = images[:, 0]
     n = len(images); ncols = min(ncols, n); nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(2.6 * ncols, 2.8 * nrows)); axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    fig = Figure(figsize=(2.6 * ncols + 1.2, 2.8 * nrows + 0.6), layout='constrained'); axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     peaks = cam_peaks(torch.as_tensor(cams))
+    outline = [withStroke(linewidth=3.5, foreground='black')]   # the white cross stays visible on white
     for i, ax in enumerate(axes):
         ax.axis('off')
         if i >= n: continue
@@ -443,8 +459,13 @@ def plot_cam_grid(images, cams, boxes=None, titles: Sequence[str] | None = None,
         if boxes is not None and not np.isnan(boxes[i]).any():
             xc, yc, w, h = boxes[i]
             ax.add_patch(Rectangle(((xc - w / 2) * W - 0.5, (yc - h / 2) * H - 0.5), w * W, h * H, fill=False, ec='lime', lw=1.5))
-        ax.plot(peaks[i, 0] * W - 0.5, peaks[i, 1] * H - 0.5, 'wx', ms=8, mew=2)
+        ax.plot(peaks[i, 0] * W - 0.5, peaks[i, 1] * H - 0.5, 'wx', ms=8, mew=2, path_effects=outline)
         if titles is not None: ax.set_title(titles[i], fontsize=8)
+    handles = [Rectangle((0, 0), 1, 1, fill=False, ec='lime', lw=1.5, label='tumour box (manifest)'),
+               Line2D([], [], ls='none', marker='x', color='white', ms=8, mew=2, path_effects=outline, label='Grad-CAM peak')]
+    fig.legend(handles=handles, loc='outside lower center', ncol=2, fontsize=8, frameon=False)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps['jet']), ax=list(axes), fraction=0.025, pad=0.02)
+    bar.set_label('Grad-CAM (0: no evidence, 1: the strongest)', fontsize=8)
     return _save(fig, path)
 
 def plot_audit(audit: dict, title: str = '', path=None) -> Figure:

@@ -32,7 +32,8 @@ from .runfolder import load_split, save_split
 __all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'NOTEBOOK_PARAMETERS', 'TrainConfig',
            'config_with_preset', 'config_from_notebook', 'default_run_dir', 'environment', 'start_run', 'is_store',
            'get_store', 'use_gpu_data', 'augment_config', 'run_split', 'build_data', 'build_model', 'recipe_callbacks',
-           'build_learner', 'run_training', 'list_runs', 'plot_runs', 'plot_history']
+           'build_learner', 'run_training', 'list_runs', 'latest_run', 'show', 'plot_runs', 'plot_history',
+           'print_actions', 'split_counts', 'plot_examples', 'describe_model', 'show_evaluation']
 
 # %% ../nbs/10_run.ipynb #c006
 AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
@@ -97,6 +98,7 @@ class TrainConfig:
     dynamic_regularisation: bool = True
     dynamic_augmentation: bool = True
     aug_boundaries: tuple = (10, 40)
+    augment: str | None = None          # augmentation phases from a JSON file (the explorer's Save); None: the recipe's
     lr_nudge: bool = True
     # evaluation
     evaluate: bool = True
@@ -178,9 +180,11 @@ def config_from_notebook(ns: dict) -> TrainConfig:
     return config_with_preset(ns.get('preset', 'default'), **given)
 
 # %% ../nbs/10_run.ipynb #c012
+from .core import project_path, project_root
+
 def default_run_dir(root: str | os.PathLike = 'runs') -> Path:
-    "runs/<date>-<time> (a suffix keeps it unique)."
-    base = Path(root) / datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    "runs/<date>-<time> in the project folder (a suffix keeps it unique)."
+    base = project_path(root) / datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     p, i = base, 1
     while p.exists(): p, i = base.with_name(f'{base.name}-{i}'), i + 1
     return p
@@ -193,7 +197,7 @@ def environment() -> dict:
 
 def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
     "Make the run folder for `cfg` (refusing another run's folder unless overwrite/resume) and write params.json."
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
+    run_dir = project_path(cfg.run_dir) if cfg.run_dir else default_run_dir()
     if run_dir.exists() and not run_dir.is_dir(): raise BrainMRIError(f'run_dir={str(run_dir)!r} is a file')
     # papermill writes its output notebook into the run folder before the run starts: that does not count
     used = run_dir.exists() and any(p.suffix != '.ipynb' for p in run_dir.iterdir())
@@ -221,15 +225,17 @@ def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
     return run_dir
 
 # %% ../nbs/10_run.ipynb #c015
+import dataclasses, io
 def is_store(path: str | os.PathLike) -> bool:
     "True when `path` is a finished prepared store (meta.json is written last)."
     return (Path(path) / 'meta.json').exists()
 
 def get_store(cfg: TrainConfig) -> PreparedStore:
-    "The prepared store for `cfg.data_dir`, preparing a raw source into `cfg.store_dir` first."
-    src = check_path(cfg.data_dir, 'data_dir', 'dir')
+    "The prepared store for `cfg.data_dir`, preparing a raw source into `cfg.store_dir` (default: the project's prepared/) first."
+    augment_config(cfg)   # a bad augment file stops the run here, before anything is written
+    src = check_path(project_path(cfg.data_dir), 'data_dir', 'dir')
     if is_store(src): return load_store(src)
-    dest = Path(cfg.store_dir) if cfg.store_dir else Path('prepared') / f'{src.resolve().name}-{cfg.prep_size}'
+    dest = project_path(cfg.store_dir) if cfg.store_dir else project_root() / 'prepared' / f'{src.resolve().name}-{cfg.prep_size}'
     return load_store(prepare(src, dest, size=cfg.prep_size))
 
 def use_gpu_data(cfg: TrainConfig) -> bool:
@@ -237,8 +243,13 @@ def use_gpu_data(cfg: TrainConfig) -> bool:
     return cfg.gpu_data == 'on' or (cfg.gpu_data == 'auto' and get_device(cfg.device).type == 'cuda')
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
-    "The augmentation phases of `cfg`, with the phase boundaries stretched like the other milestones."
-    return AugmentConfig(boundaries=tuple(cfg.milestone(b) for b in cfg.aug_boundaries), img_size=cfg.img_size)
+    "The augmentation of `cfg`: the recipe's phases or those of the `augment` file, at the run's phase boundaries (stretched like the other milestones) and input size."
+    run_cfg = AugmentConfig(boundaries=tuple(cfg.milestone(b) for b in cfg.aug_boundaries), img_size=cfg.img_size)
+    if cfg.augment in (None, ''): return run_cfg
+    tuned = AugmentConfig.load(project_path(cfg.augment), 'augment')
+    # The file gives the transforms of each phase; when they happen, the input size and the normalisation
+    # (which evaluation repeats) stay the run's.
+    return dataclasses.replace(run_cfg, phases=tuned.phases, disabled=tuned.disabled)
 
 def run_split(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     "The group split of `run_dir` (kept in split.json: a resumed run trains on the split it started with), else a new one, kept there."
@@ -324,51 +335,138 @@ def _history(run_dir: Path) -> list[dict]:
     p = run_dir / 'history.json'
     return load_json(p) if p.exists() else []
 
+def _run_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if (p / 'params.json').exists())
+
 def list_runs(root: str | os.PathLike = 'runs') -> pd.DataFrame:
-    "One row per run folder under `root`: when, epochs run, best val accuracy, test accuracy/macro-F1/ECE and the audit."
-    root = check_path(root, 'root', 'dir')
+    "One row per run folder under `root` (relative: the project's): when, epochs run, best val accuracy, test metrics with 95% intervals, the audit, key parameters."
+    root = check_path(project_path(root), 'root', 'dir')
     rows = []
-    for d in sorted(p for p in root.iterdir() if (p / 'params.json').exists()):
+    for d in _run_dirs(root):
         params, hist = load_json(d / 'params.json'), _history(d)
         m = load_json(d / 'metrics.json') if (d / 'metrics.json').exists() else {}
         test = m.get('best', {}).get('test', {})
-        audit = m.get('best', {}).get('audit', {})
+        ci, audit = test.get('ci', {}), m.get('best', {}).get('audit', {})
         rows.append({'run': d.name, 'started': params.get('started'), 'epochs_run': len(hist),
                      'best_val_acc': max((h.get('val_acc') or 0 for h in hist), default=np.nan),
-                     'test_acc': test.get('accuracy'), 'test_macro_f1': test.get('macro_f1'), 'test_ece': test.get('ece'),
+                     'test_acc': test.get('accuracy'), 'test_acc_ci': ci.get('accuracy'),
+                     'test_macro_f1': test.get('macro_f1'), 'test_macro_f1_ci': ci.get('macro_f1'), 'test_ece': test.get('ece'),
                      'acc_tumour_hidden': audit.get('acc_tumour_hidden'), 'acc_tumour_only': audit.get('acc_tumour_only'),
                      'swa_test_acc': m.get('swa', {}).get('test', {}).get('accuracy'),
                      **{k: params.get(k) for k in ('img_size', 'lr', 'batch_size', *MECHANISMS)}})
     return pd.DataFrame(rows)
 
+def latest_run(root: str | os.PathLike = 'runs', need: str = 'best.pt') -> Path:
+    "The most recently started run folder under `root` (relative: the project's) that holds `need`."
+    root = check_path(project_path(root), 'root', 'dir')
+    done = [d for d in _run_dirs(root) if (d / need).exists()]
+    if not done: raise BrainMRIError(f"root={str(root)!r} holds no run with {need}: train one first, or pass run_dir")
+    return max(done, key=lambda d: (str(load_json(d / 'params.json').get('started') or ''), d.stat().st_mtime))
+
+def _epoch_axis(ax, epochs: Sequence[int]) -> None:
+    "Epochs as people count them (1, 2, …) on integer ticks, with room on both sides (one epoch is not a ±0.04 axis)."
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if len(epochs): ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    ax.set_xlabel('epoch')
+
+def show(fig) -> None:
+    "Display a matplotlib Figure inline as a PNG, whatever the matplotlib backend (so papermill's output notebook keeps it)."
+    from IPython.display import Image, display
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100, bbox_inches='tight'); display(Image(data=buf.getvalue()))
+
+_CURVES = {'train_loss': 'train loss', 'val_loss': 'validation loss', 'train_acc': 'train accuracy', 'val_acc': 'validation accuracy',
+           'val_f1': 'validation macro-F1', 'lr': 'learning rate'}
+
 def plot_runs(root: str | os.PathLike = 'runs', metrics: Sequence[str] = ('val_acc', 'val_loss'), runs: Sequence[str] | None = None):
-    "Validation curves of the runs under `root` (or only `runs`), one panel per metric."
-    import matplotlib.pyplot as plt
-    root = check_path(root, 'root', 'dir')
+    "Validation curves of the runs under `root` (or only `runs`), one panel per metric; a matplotlib Figure."
+    from matplotlib.figure import Figure
+    root = check_path(project_path(root), 'root', 'dir')
     dirs = [root / r for r in runs] if runs else sorted(p for p in root.iterdir() if (p / 'history.json').exists())
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    fig = Figure(figsize=(5.5 * len(metrics), 3.8)); axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    for ax, metric in zip(axes, metrics):
+        eps = []
         for d in dirs:
-            h = _history(d)
-            ax.plot([r['epoch'] for r in h], [r.get(metric) for r in h], label=d.name)
-        ax.set(xlabel='epoch', ylabel=metric); ax.grid(alpha=.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+            h = _history(d); ep = [r['epoch'] + 1 for r in h]; eps += ep
+            ax.plot(ep, [r.get(metric) for r in h], label=d.name, marker='.')
+        _epoch_axis(ax, eps); ax.set(ylabel=_CURVES.get(metric, metric), title=_CURVES.get(metric, metric)); ax.grid(alpha=.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f'runs under {root}', fontsize=9); fig.tight_layout()
     return fig
 
 def plot_history(run_dir: str | os.PathLike):
-    "Loss, accuracy and learning rate of one run, with its adaptive actions marked."
-    import matplotlib.pyplot as plt
-    h = _history(check_path(run_dir, 'run_dir', 'dir'))
+    "Loss, accuracy and learning rate of one run by epoch (1-based), with the epochs where an adaptive mechanism acted marked; a matplotlib Figure."
+    from matplotlib.figure import Figure
+    run_dir = check_path(project_path(run_dir), 'run_dir', 'dir')
+    h = _history(run_dir)
     if not h: raise BrainMRIError(f'run_dir={str(run_dir)!r} has no history yet')
-    ep = [r['epoch'] for r in h]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
-    for ax, keys in zip(axes, (('train_loss', 'val_loss'), ('train_acc', 'val_acc', 'val_f1'), ('lr',))):
-        for k in keys: ax.plot(ep, [r.get(k) for r in h], label=k, marker='.')
-        for r in h:
-            if r.get('actions'): ax.axvline(r['epoch'], color='m', alpha=.15)
-        ax.legend(fontsize=8); ax.set_xlabel('epoch'); ax.grid(alpha=.3)
+    ep = [r['epoch'] + 1 for r in h]
+    fig = Figure(figsize=(11, 3.6)); axes = fig.subplots(1, 3)   # readable at a notebook's width
+    panels = ((('train_loss', 'val_loss'), 'loss', 'loss'), (('train_acc', 'val_acc', 'val_f1'), 'accuracy and macro-F1', 'fraction'),
+              (('lr',), 'learning rate (end of epoch)', 'learning rate'))
+    acted = [r['epoch'] + 1 for r in h if r.get('actions')]
+    for ax, (keys, title, ylabel) in zip(axes, panels):
+        for k in keys: ax.plot(ep, [r.get(k) for r in h], label=_CURVES[k], marker='.')
+        for i, e in enumerate(acted): ax.axvline(e, color='m', alpha=.25, label='adaptive action' if i == 0 else None)
+        _epoch_axis(ax, ep); ax.set(title=title, ylabel=ylabel); ax.grid(alpha=.3); ax.legend(fontsize=7)
     axes[2].set_yscale('log')
-    fig.suptitle('magenta lines: epochs with adaptive actions (actions.json says what and why)', fontsize=9)
+    fig.suptitle(f'{run_dir.name}: {len(h)} epoch{"s" if len(h) != 1 else ""} (magenta: an adaptive mechanism acted)', fontsize=10)
     fig.tight_layout()
     return fig
+
+def print_actions(actions: Sequence[dict], last: int | None = 15) -> None:
+    "The adaptive actions (of `Learner.actions` or actions.json), one line each, epochs counted from 1."
+    shown = list(actions)[-last:] if last else list(actions)
+    if len(shown) < len(actions): log(f'… {len(actions) - len(shown)} earlier actions in actions.json', None)
+    for a in shown: log(f"epoch {a['epoch'] + 1:>3}  {a['source']:<24} {a['what']}  ({a['why']})", 'action')
+    if not actions: log('no adaptive action so far', None)
+
+def split_counts(store, splits: dict) -> pd.DataFrame:
+    "Images per class in each split, with the totals and the number of groups (patients) per split."
+    t = pd.DataFrame({name: pd.Series(store.labels[rows]).value_counts().reindex(range(len(store.classes)), fill_value=0).values
+                      for name, rows in splits.items()}, index=list(store.classes))
+    t.loc['all classes'] = t.sum()
+    t.loc['groups (patients)'] = [len(np.unique(store.groups[rows])) for rows in splits.values()]
+    return t
+
+def plot_examples(store, rows: Sequence[int], per_class: int = 4):
+    "The first `per_class` images of each class among `rows` (as stored, before augmentation); a matplotlib Figure."
+    from matplotlib.figure import Figure
+    rows = np.asarray(rows)
+    fig = Figure(figsize=(1.9 * per_class, 2.0 * len(store.classes)), layout='constrained')
+    axes = np.atleast_2d(fig.subplots(len(store.classes), per_class, squeeze=False))
+    for k, c in enumerate(store.classes):
+        pick = rows[store.labels[rows] == k][:per_class]
+        for j, ax in enumerate(axes[k]):
+            ax.set_axis_off()
+            if j < len(pick):
+                ax.imshow(np.asarray(store.images[pick[j]]), cmap='gray', vmin=0, vmax=255)
+                ax.set_title(f'{c} · #{pick[j]}', fontsize=8)
+    fig.suptitle(f'training images as stored ({store.images.shape[-1]} px), before augmentation', fontsize=9)
+    return fig
+
+def describe_model(model) -> pd.DataFrame:
+    "One row per block and the head: its 3×3 convolutions (in→out channels, /stride, dilation), parameters, and whether it is open (trainable and run) now."
+    conv = lambda c: f'{c.in_channels}→{c.out_channels}' + (f' /{c.stride[0]}' if c.stride[0] > 1 else '') + (f' dil {c.dilation[0]}' if c.dilation[0] > 1 else '')
+    rows = [{'part': f'block {i}', 'layers': ', '.join(conv(m) for m in blk.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)),
+             'parameters': sum(p.numel() for p in blk.parameters()), 'open now': i <= model.n_open}
+            for i, blk in enumerate(model.blocks, 1)]
+    rows.append({'part': 'head', 'layers': type(model.head).__name__, 'parameters': sum(p.numel() for p in model.head.parameters()), 'open now': True})
+    t = pd.DataFrame(rows).set_index('part')
+    t.loc['total'] = ['', int(t.parameters.sum()), '']
+    return t
+
+def show_evaluation(metrics: dict, run_dir: str | os.PathLike | None = None) -> None:
+    "Show an `evaluate_run` result inline: the summary with 95% intervals, the audit in words, and each checkpoint's plots."
+    from IPython.display import Image, Markdown, display
+    from brainmri.evaluate import interpret_audit, summary_table
+    run_dir = Path(run_dir or metrics['run_dir'])
+    display(Markdown(f"**{metrics['split']} split** of `{run_dir.name}` ({metrics['n'][metrics['split']]} images); "
+                     "intervals: 95%, from a bootstrap over groups (patients)"))
+    display(summary_table(metrics).T)
+    for name in ('best', 'swa'):
+        if name not in metrics: continue
+        e = metrics[name].get('epoch')
+        display(Markdown(f"### {name}.pt" + (f" (saved after epoch {e + 1})" if isinstance(e, int) else '')))
+        display(Markdown(f"**{name}.pt:** {interpret_audit(metrics[name]['audit'])}"))
+        for file in metrics[name].get('plots', {}).values(): display(Image(filename=str(run_dir / file)))

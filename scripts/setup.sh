@@ -15,6 +15,11 @@ if ! python -c 'import torch' 2>/dev/null; then
 fi
 if [ "${1:-}" = dev ]; then
   python -m pip install -q -e '.[dev]'
+  # nbdev's own hooks: JupyterLab cleans a notebook on every save (jupyter_hooks = True in settings.ini;
+  # the pre-save hook goes into ~/.jupyter) and git resolves notebook merge conflicts with nbdev_merge
+  # (.gitattributes and .gitconfig, committed). In a git worktree nbdev sets the Jupyter hook, then
+  # stops at the git hooks (.git is a file there).
+  nbdev_install_hooks >/dev/null 2>&1 || echo "nbdev_install_hooks set the JupyterLab save hook but not the git hooks (a git worktree?)" >&2
   if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
     else echo "Debian's chromium is missing: sudo apt-get install chromium (the browser test needs it)" >&2; fi
