@@ -1,8 +1,8 @@
 "Parameters given to the run notebooks through papermill are checked where they enter (issue 13, item 1)."
-import json, os, subprocess
+import json, os, shutil, subprocess
 import pytest
 from conftest import ROOT, bin_path
-from test_train_notebook import _small_source
+from jupyterlab_driver import small_sample
 
 ENV = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONPATH': str(ROOT)}
 
@@ -27,7 +27,9 @@ def test_misspelt_evaluate_parameter_stops(tmp_path):
 @pytest.mark.slow
 def test_preset_reaches_the_run_and_explicit_parameters_win(tmp_path):
     from brainmri.run import PRESETS
-    data = _small_source(tmp_path / 'raw', per_class=12)
+    data = tmp_path / 'raw'
+    shutil.copytree(ROOT / 'data' / 'sample', data)
+    small_sample(data, 12)
     run = tmp_path / 'runs' / 'p'
     r = papermill('train.ipynb', tmp_path / 'out.ipynb', ('preset', 'sample'), ('data_dir', data),
                   ('store_dir', tmp_path / 'store'), ('run_dir', run), ('epochs', 1), ('img_size', 32), ('workers', 0),
