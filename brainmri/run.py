@@ -17,7 +17,7 @@ import torch
 
 from .core import (BrainMRIError, check_number, check_path, get_device, is_main_process, load_json, log,
                    sample_data_dir, save_json, seed_everything)
-from .data import (CustomTumorDataset, PreparedStore, class_counts, get_class_balanced_weights, load_store,
+from .data import (CustomTumorDataset, PreparedStore, check_classes, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
 from .augment import AugmentConfig, PhaseTransform, eval_transform
 from .model import create_model
@@ -51,6 +51,7 @@ class TrainConfig:
     val_frac: float = 0.15              # fraction of groups (patients) held out for validation
     test_frac: float = 0.15             # fraction of groups held out for the test report
     cache: bool = True                  # keep the training images in RAM (else read the memory map)
+    classes: str | tuple | None = None  # class names in label order, comma-separated (default: the store's); other stores are refused
     # run
     run_dir: str | None = None          # default: runs/<date>-<time>
     overwrite: bool = False             # allow writing into an existing, non-empty run folder
@@ -115,6 +116,7 @@ class TrainConfig:
         def choice(name, options):
             if getattr(self, name) not in options: raise BrainMRIError(f'{name}={getattr(self, name)!r} must be one of {", ".join(map(str, options))}')
         if self.data_dir in (None, ''): raise BrainMRIError('data_dir is not set')
+        self.classes = check_classes(self.classes)
         whole('epochs', 0); whole('batch_size', 1); whole('grad_accum', 1); whole('workers', 0); whole('seed', 0)
         whole('img_size', 16, 4096); whole('prep_size', 16, 4096); whole('channels', 1, 3); choice('channels', (1, 3))
         whole('open_block2_at', 0); whole('open_block3_at', 0); whole('mixup_end', 0); whole('swa_start', 0)
@@ -204,11 +206,11 @@ def is_store(path: str | os.PathLike) -> bool:
     return (Path(path) / 'meta.json').exists()
 
 def get_store(cfg: TrainConfig) -> PreparedStore:
-    "The prepared store for `cfg.data_dir`, preparing a raw source into `cfg.store_dir` first."
+    "The prepared store for `cfg.data_dir`, preparing a raw source into `cfg.store_dir` first; of `cfg.classes` when set."
     src = check_path(cfg.data_dir, 'data_dir', 'dir')
-    if is_store(src): return load_store(src)
+    if is_store(src): return load_store(src, cfg.classes)
     dest = Path(cfg.store_dir) if cfg.store_dir else Path('prepared') / f'{src.resolve().name}-{cfg.prep_size}'
-    return load_store(prepare(src, dest, size=cfg.prep_size))
+    return load_store(prepare(src, dest, size=cfg.prep_size, classes=cfg.classes), cfg.classes)
 
 def use_gpu_data(cfg: TrainConfig) -> bool:
     "Whether the images live on the device and are augmented there."
@@ -223,7 +225,7 @@ def build_data(cfg: TrainConfig, store: PreparedStore) -> SimpleNamespace:
     splits = split_by_group(store, cfg.val_frac, cfg.test_frac, seed=cfg.seed)
     train_labels = store.labels[splits['train']]
     counts = class_counts(train_labels, len(store.classes))
-    weights = get_class_balanced_weights(counts, beta=cfg.balance_beta)
+    weights = get_class_balanced_weights(counts, beta=cfg.balance_beta, classes=store.classes)
     aug = augment_config(cfg)
     if use_gpu_data(cfg):
         from brainmri.device_loader import DeviceLoader
