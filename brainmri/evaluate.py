@@ -658,6 +658,8 @@ def evaluate_external(run_dir: str | os.PathLike, data_dir: str | os.PathLike, o
     if data_dir in (None, ''): raise BrainMRIError("data_dir is not set: split='all' scores every image of another prepared store")
     settings, fallbacks = run_settings(params, best_cfg)
     store = _open_store(data_dir, settings)
+    if settings['store'] and Path(settings['store']).resolve() == store.path.resolve():
+        log(f"data_dir={str(data_dir)!r} is the run's own store: split='all' scores its training images too", 'warn')
     used_fb = [f for f in fallbacks if f not in ('store', 'store_size')]
     if used_fb: log(f"params.json does not give {', '.join(used_fb)}: using defaults {({k: settings[k] for k in used_fb})}", 'warn')
     classes = list(read_checkpoint(ckpts['best']).get('classes') or CLASSES)
