@@ -81,7 +81,8 @@ def evaluate_cli(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='brainmri_evaluate', description="Evaluate a run's best (and SWA) checkpoint: "
                                 "calibration, test report with group bootstrap, Grad-CAM and the shortcut audit.")
     p.add_argument('run_dir'); p.add_argument('--data-dir', default=None, help="prepared store (default: the run's)")
-    p.add_argument('--split', default='test', choices=['test', 'val', 'train'])
+    p.add_argument('--split', default='test', choices=['test', 'val', 'train', 'all'],
+                   help="'all': every image of another store (--data-dir) whose class the model knows, reported in RUN_DIR/external/<store>/")
     p.add_argument('--tta', action='store_true', help='average over flipped views')
     p.add_argument('--n-boot', type=int, default=1000); p.add_argument('--device', default='auto')
     a = p.parse_args(argv)
@@ -92,7 +93,7 @@ def evaluate_cli(argv: Sequence[str] | None = None) -> int:
             if name in m:
                 t = m[name][a.split]
                 log(f"{name}: {a.split} accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}, ECE {t['ece']:.3f}", 'good')
-        log(f"wrote {Path(a.run_dir) / 'metrics.json'}", 'info')
+        log(f"wrote {Path(m.get('out_dir', a.run_dir)) / 'metrics.json'}", 'info')
     return run_command(go)
 
 def predict_cli(argv: Sequence[str] | None = None) -> int:

@@ -21,15 +21,17 @@ from .core import (BrainMRIError, atomic_dir, atomic_write, check_path, load_jso
                            make_generator, progress, repo_root, sample_data_dir, save_json, seed_worker)
 
 # %% auto #0
-__all__ = ['CLASSES', 'FIGSHARE_LABELS', 'FORMAT_VERSION', 'IMAGE_EXTS', 'JUNK_FILES', 'BOX_COLS', 'KAGGLE_SPLITS',
-           'class_from_name', 'window_uint8', 'to_square_uint8', 'resize_mask', 'box_from_mask', 'write_figshare_mat',
-           'write_cvind_mat', 'read_figshare_mat', 'read_cvind', 'detect_format', 'decode_image', 'source_fingerprint',
-           'prepare', 'PreparedStore', 'load_store', 'store_tensor', 'CustomTumorDataset', 'split_by_group',
-           'group_kfold', 'figshare_folds', 'class_counts', 'get_class_balanced_weights', 'make_weighted_sampler',
-           'make_loader', 'prepare_cmd', 'prepare_cli', 'make_sample']
+__all__ = ['CLASSES', 'NO_TUMOUR', 'FIGSHARE_LABELS', 'FORMAT_VERSION', 'IMAGE_EXTS', 'JUNK_FILES', 'BOX_COLS', 'KAGGLE_SPLITS',
+           'canonical_class', 'class_from_name', 'check_classes', 'window_uint8', 'to_square_uint8', 'resize_mask',
+           'box_from_mask', 'write_figshare_mat', 'write_cvind_mat', 'read_figshare_mat', 'read_cvind', 'detect_format',
+           'decode_image', 'source_fingerprint', 'prepare', 'PreparedStore', 'load_store', 'store_tensor',
+           'write_synthetic_folders', 'CustomTumorDataset', 'split_by_group', 'group_kfold', 'figshare_folds',
+           'class_counts', 'get_class_balanced_weights', 'make_weighted_sampler', 'make_loader', 'prepare_cmd',
+           'prepare_cli', 'make_sample']
 
 # %% ../nbs/01_data.ipynb #c007
-CLASSES = ('glioma', 'meningioma', 'pituitary')
+CLASSES = ('glioma', 'meningioma', 'pituitary')   # the figshare release's classes, and the default
+NO_TUMOUR = 'notumor'   # the class of images without a tumour (the Kaggle release's spelling)
 FIGSHARE_LABELS = {1: 'meningioma', 2: 'glioma', 3: 'pituitary'}
 FORMAT_VERSION = 1
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
@@ -37,10 +39,28 @@ IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 JUNK_FILES = ('.ds_store', 'thumbs.db', 'desktop.ini', 'manifest.csv')
 BOX_COLS = ('box_xc', 'box_yc', 'box_w', 'box_h')
 
-def class_from_name(name: str) -> str | None:
-    "The class a folder or label name means ('Glioma', 'glioma_tumor', 'pituitary tumour' ...), else None."
-    n = re.sub(r'[\s_-]+(tumou?r)$', '', str(name).strip().lower())
-    return n if n in CLASSES else None
+def canonical_class(name: str) -> str:
+    "The one spelling of a class name: lower case, separators as '_', no 'tumour' suffix, every 'no tumour' as `NO_TUMOUR`."
+    n = re.sub(r'[\s_-]+', '_', str(name).strip().lower()).strip('_')
+    if re.fullmatch(r'no_?tumou?rs?', n): return NO_TUMOUR
+    return re.sub(r'_tumou?rs?$', '', n)
+
+def class_from_name(name: str, classes: Sequence[str] = CLASSES) -> str | None:
+    "The class of `classes` a folder or label name means ('Glioma', 'glioma_tumor', 'no tumour' ...), else None."
+    n = canonical_class(name)
+    return n if n in classes else None
+
+def check_classes(classes: str | Sequence[str] | None, name: str = 'classes') -> tuple[str, ...] | None:
+    "`classes` (a list, or one comma-separated string) as a tuple of canonical names in the order given; None stays None."
+    if classes is None: return None
+    raw = classes.split(',') if isinstance(classes, str) else classes
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(c, str) and c.strip() for c in raw):
+        raise BrainMRIError(f"{name}={classes!r} must be class names: a list, or one comma-separated string")
+    out = tuple(canonical_class(c) for c in raw)
+    dup = next((c for c in out if out.count(c) > 1), None)
+    if dup: raise BrainMRIError(f"{name}={classes!r} names class {dup!r} twice ({', '.join(c.strip() for c in raw if canonical_class(c) == dup)} are one class)")
+    if len(out) < 2: raise BrainMRIError(f"{name}={classes!r} names {len(out)} class: a classifier needs at least two")
+    return out
 
 # %% ../nbs/01_data.ipynb #c010
 def window_uint8(img: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
@@ -207,10 +227,11 @@ def detect_format(src: str | os.PathLike) -> str:
         raise BrainMRIError(f"src={str(src)!r} is a file: give a folder (image folders or figshare .mat files) or a figshare .zip")
     subdirs = [p for p in src.iterdir() if p.is_dir() and not _is_junk(p)]
     if subdirs and all(p.name.lower() in KAGGLE_SPLITS for p in subdirs): return 'kaggle'
-    if any(class_from_name(p.name) for p in subdirs): return 'folders'
+    if any(class_from_name(p.name, (*CLASSES, NO_TUMOUR)) for p in subdirs): return 'folders'
     if any(p.suffix.lower() == '.zip' for p in src.iterdir()) or any(True for _ in src.rglob('*.mat')): return 'figshare-mat'
-    raise BrainMRIError(f"src={str(src)!r} holds no class folders ({', '.join(CLASSES)}), no Training/Testing pair "
-                        "and no figshare .mat files or .zip archives")
+    if any(f.suffix.lower() in IMAGE_EXTS for p in subdirs for f in p.rglob('*')): return 'folders'
+    raise BrainMRIError(f"src={str(src)!r} holds no class folders (folders of images such as {', '.join(CLASSES)}), "
+                        "no Training/Testing pair and no figshare .mat files or .zip archives")
 
 # %% ../nbs/01_data.ipynb #c021
 def _list_figshare(src: Path) -> tuple[list[_Item], bytes | None, str | None, list]:
@@ -266,41 +287,49 @@ def _read_manifest(path: Path) -> pd.DataFrame:
         if len(out): raise BrainMRIError(f"{path}: box values outside 0–1 (boxes are normalised) in row(s) {(out + 2).tolist()[:10]}")
     return m
 
-def _list_folders(src: Path, fmt: str) -> tuple[list[_Item], list]:
-    items, bad = [], []
+def _list_folders(src: Path, fmt: str, classes: Sequence[str] | None = None) -> tuple[list[_Item], list, tuple[str, ...]]:
+    "(items, bad entries, classes): `classes` when given, else the manifest's labels or the image folders' names, sorted."
+    items, bad, folders = [], [], []   # folders: (class folder, split, files below it)
     roots = ([(p, KAGGLE_SPLITS[p.name.lower()]) for p in sorted(src.iterdir()) if p.is_dir() and not _is_junk(p)]
              if fmt == 'kaggle' else [(src, None)])
-    on_disk: dict[str, tuple[str, str | None]] = {}   # relative path -> (class, split)
     for root, split in roots:
         for p in sorted(root.iterdir(), key=lambda p: p.name.lower()):
             if _is_junk(p): continue
-            rel = p.relative_to(src).as_posix()
-            if p.is_file():
-                if p.name.lower() == 'manifest.csv' or p.parent == src and p.suffix.lower() in ('.md', '.txt', '.json', '.csv'): continue
-                bad.append((rel, f'not inside a class folder ({", ".join(CLASSES)})')); continue
-            cls = class_from_name(p.name)
-            if cls is None: bad.append((rel + '/', f'unknown label {p.name!r}: class folders must be {", ".join(CLASSES)}')); continue
-            files = _files_below(p)
-            imgs = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
-            for f in files:
-                if f.suffix.lower() not in IMAGE_EXTS: bad.append((f.relative_to(src).as_posix(), 'not an image (jpg/png)'))
-            if not imgs: bad.append((rel + '/', 'class folder holds no images')); continue
-            for f in imgs: on_disk[f.relative_to(src).as_posix()] = (cls, split)
+            if p.is_dir(): folders.append((p, split, _files_below(p))); continue
+            if p.name.lower() == 'manifest.csv' or p.parent == src and p.suffix.lower() in ('.md', '.txt', '.json', '.csv'): continue
+            bad.append((p.relative_to(src).as_posix(), 'not inside a class folder'))
     man_path = src / 'manifest.csv'
-    if not man_path.exists():
+    man = _read_manifest(man_path) if man_path.exists() else None
+    from_folders = classes is None and man is None   # then an empty folder is not a class, only an empty folder
+    if classes is None:
+        names = (man.label if man is not None else
+                 [p.name for p, _, files in folders if any(f.suffix.lower() in IMAGE_EXTS for f in files)])
+        classes = tuple(sorted({canonical_class(n) for n in names}))
+    allowed = ', '.join(classes)
+    on_disk: dict[str, tuple[str, str | None]] = {}   # relative path -> (class, split)
+    for p, split, files in folders:
+        rel = p.relative_to(src).as_posix()
+        cls = class_from_name(p.name, classes)
+        imgs = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+        if cls is None and (imgs or not from_folders):
+            bad.append((rel + '/', f'unknown label {p.name!r}: class folders must be {allowed}')); continue
+        for f in files:
+            if f.suffix.lower() not in IMAGE_EXTS: bad.append((f.relative_to(src).as_posix(), 'not an image (jpg/png)'))
+        if not imgs: bad.append((rel + '/', 'class folder holds no images')); continue
+        for f in imgs: on_disk[f.relative_to(src).as_posix()] = (cls, split)
+    if man is None:
         for rel, (cls, split) in on_disk.items():
             items.append(_Item(src / rel, None, rel, label=cls, group=rel, split_hint=split))
-        return items, bad
-    man = _read_manifest(man_path)
+        return items, bad, classes
     has_box = all(c in man.columns for c in BOX_COLS)
     listed = set()
     for r in man.itertuples(index=False):
         rel = Path(str(r.file).strip()).as_posix(); listed.add(rel)
-        cls = class_from_name(r.label)
-        if cls is None: bad.append((rel, f'manifest.csv gives unknown label {r.label!r}')); continue
+        cls = class_from_name(r.label, classes)
+        if cls is None: bad.append((rel, f'manifest.csv gives unknown label {r.label!r} (the classes are {allowed})')); continue
         if not (src / rel).is_file(): bad.append((rel, 'listed in manifest.csv but missing')); continue
         disk_cls, split = on_disk.get(rel, (None, None))
-        parent_cls = next((class_from_name(x) for x in Path(rel).parts[:-1] if class_from_name(x)), None)
+        parent_cls = next((class_from_name(x, classes) for x in Path(rel).parts[:-1] if class_from_name(x, classes)), None)
         if parent_cls and parent_cls != cls: bad.append((rel, f'manifest.csv says {cls} but it sits in a {parent_cls} folder')); continue
         if split is None and fmt == 'kaggle':
             split = KAGGLE_SPLITS.get(Path(rel).parts[0].lower())
@@ -310,7 +339,7 @@ def _list_folders(src: Path, fmt: str) -> tuple[list[_Item], list]:
         items.append(_Item(src / rel, None, rel, **meta))
     for rel in on_disk:
         if rel not in listed: bad.append((rel, 'image not listed in manifest.csv (its group is unknown)'))
-    return items, bad
+    return items, bad, classes
 
 # %% ../nbs/01_data.ipynb #c025
 def _read_bytes(it: _Item, zips: threading.local) -> bytes:
@@ -384,8 +413,10 @@ def _report_bad(bad: list[tuple[str, str]], skip_bad: bool, src: Path) -> list[d
 
 # %% ../nbs/01_data.ipynb #c028
 def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, skip_bad: bool = False,
-            overwrite: bool = False, workers: int | None = None, quiet: bool = False) -> Path:
-    "Import `src` (figshare .mat files/zips, class folders (+manifest.csv), or Training/Testing) into a prepared store at `dest`."
+            overwrite: bool = False, workers: int | None = None, quiet: bool = False,
+            classes: str | Sequence[str] | None = None) -> Path:
+    """Import `src` (figshare .mat files/zips, class folders (+manifest.csv), or Training/Testing) into a prepared store at `dest`.
+    `classes` fixes the class set and label order (default: the data's own, see `check_classes`)."""
     src = check_path(src, 'src'); dest = Path(dest).expanduser()
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 8 <= size <= 4096:
         raise BrainMRIError(f"size={size!r} must be a whole number of pixels from 8 to 4096")
@@ -393,14 +424,21 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, sk
         raise BrainMRIError(f"workers={workers!r} must be a positive integer")
     t0 = time.perf_counter()
     fmt = detect_format(src)
-    args = dict(size=int(size), skip_bad=bool(skip_bad))
+    classes = check_classes(classes)
+    args = dict(size=int(size), skip_bad=bool(skip_bad), **({'classes': list(classes)} if classes else {}))
     fingerprint = source_fingerprint(src)
     if _check_dest(src, dest, fingerprint, args, overwrite):
         if not quiet: log(f"{dest} already holds this store (same source, same arguments): nothing to do", 'good')
         return dest
     cvind = cvind_name = None
-    if fmt == 'figshare-mat': items, cvind, cvind_name, bad = _list_figshare(src)
-    else: items, bad = _list_folders(src, fmt)
+    if fmt == 'figshare-mat':
+        items, cvind, cvind_name, bad = _list_figshare(src)
+        if classes and set(classes) != set(CLASSES):
+            raise BrainMRIError(f"classes={list(classes)}: figshare .mat files hold {', '.join(CLASSES)} (in any order), nothing else")
+        classes = classes or CLASSES
+    else: items, bad, classes = _list_folders(src, fmt, classes)
+    if len(classes) < 2:
+        raise BrainMRIError(f"src={str(src)!r} holds one class ({', '.join(classes) or 'none'}): a classifier needs at least two")
     skipped = _report_bad(bad, skip_bad, src if src.is_dir() else src.parent)
     if not items: raise BrainMRIError(f"src={str(src)!r}: no images to import")
     folds = None
@@ -429,7 +467,7 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, sk
                 if masks is not None: masks[i] = rec.pop('mask')
                 keep[i] = True
                 row = dict(it.meta, **rec)
-                row.update(source=fmt, orig_file=it.orig_file, label_idx=CLASSES.index(row['label']))
+                row.update(source=fmt, orig_file=it.orig_file, label_idx=classes.index(row['label']))
                 if row.get('group') is None: row['group'] = it.orig_file
                 if folds is not None: row['split_hint'] = int(folds[it.meta['figshare_index'] - 1])
                 recs.append(row)
@@ -437,6 +475,9 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, sk
             ex.shutdown(wait=True, cancel_futures=True)
             for z in zips.__dict__.get('open', {}).values(): z.close()
         if not recs: raise BrainMRIError(f"src={str(src)!r}: every image was bad, nothing to import")
+        empty = [c for c in classes if not any(r['label'] == c for r in recs)]
+        if empty and 'classes' in args: raise BrainMRIError(f"src={str(src)!r} has no images of class {empty[0]!r} (classes: {', '.join(classes)}): "
+                                      "every class needs images; pass classes= (--classes) without it")
         arrays = {'images.npy': images, 'masks.npy': masks}; del images, masks
         for name in [k for k, a in arrays.items() if a is not None]:
             arrays[name].flush()
@@ -450,9 +491,9 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, sk
         index = _index_frame(recs)
         with atomic_write(tmp / 'index.csv', 'w') as f: index.to_csv(f, index=False, lineterminator='\n')
         sizes = index.groupby(['orig_h', 'orig_w']).size()
-        meta = dict(format_version=FORMAT_VERSION, classes=list(CLASSES), size=int(size), n=len(index), source_format=fmt,
+        meta = dict(format_version=FORMAT_VERSION, classes=list(classes), size=int(size), n=len(index), source_format=fmt,
                     src=str(src.resolve()), fingerprint=fingerprint, args=args,
-                    counts={c: int((index.label == c).sum()) for c in CLASSES}, n_groups=int(index.group.nunique()),
+                    counts={c: int((index.label == c).sum()) for c in classes}, n_groups=int(index.group.nunique()),
                     has_masks=fmt == 'figshare-mat', has_boxes=bool(index.box_xc.notna().any()),
                     has_folds=folds is not None, orig_sizes={f'{w}x{h}': int(k) for (h, w), k in sizes.items()},
                     window='uint8 images as they are; other depths clipped to each image\'s 0.5–99.5 percentile window',
@@ -491,8 +532,13 @@ class PreparedStore:
             raise BrainMRIError(f"store={str(path)!r} has format_version {self.meta.get('format_version')}; this brainmri "
                                 f"reads {FORMAT_VERSION}: prepare it again with --overwrite")
         self.index = pd.read_csv(self.path / 'index.csv', dtype={'group': str, 'split_hint': str, 'label': str, 'orig_file': str})
-        self.classes, self.size = tuple(self.meta['classes']), int(self.meta['size'])
+        # stores record their classes; one without them can only be figshare's three
+        self.classes, self.size = tuple(self.meta.get('classes') or CLASSES), int(self.meta['size'])
+        if len(self.classes) < 2:
+            raise BrainMRIError(f"store={str(path)!r} holds one class ({', '.join(self.classes)}): a classifier needs at least two")
         self.labels = self.index['label_idx'].to_numpy(np.int64)
+        if len(self.labels) and not 0 <= self.labels.min() <= self.labels.max() < len(self.classes):
+            raise BrainMRIError(f"{self.path / 'index.csv'}: label_idx must lie in 0..{len(self.classes) - 1} (classes {', '.join(self.classes)})")
         self.groups = self.index['group'].to_numpy()
         self.boxes = self.index[list(BOX_COLS)].to_numpy(np.float64)
         self._images = self._masks = None
@@ -518,9 +564,14 @@ class PreparedStore:
     def __repr__(self):
         return f"PreparedStore({str(self.path)!r}, n={len(self)}, size={self.size}, counts={self.meta.get('counts')})"
 
-def load_store(path: str | os.PathLike | PreparedStore) -> PreparedStore:
-    "Open the prepared store at `path` (a `PreparedStore` passes through)."
-    return path if isinstance(path, PreparedStore) else PreparedStore(path)
+def load_store(path: str | os.PathLike | PreparedStore, classes: str | Sequence[str] | None = None) -> PreparedStore:
+    "Open the prepared store at `path` (a `PreparedStore` passes through); with `classes`, refuse a store of other classes or order."
+    store = path if isinstance(path, PreparedStore) else PreparedStore(path)
+    classes = check_classes(classes)
+    if classes is not None and tuple(store.classes) != classes:
+        raise BrainMRIError(f"store={str(store.path)!r} holds classes {', '.join(store.classes)}, not classes={','.join(classes)} "
+                            "(set and order must match): prepare the source again with these classes into another folder")
+    return store
 
 def store_tensor(store: str | os.PathLike | PreparedStore, indices: Sequence[int] | None = None,
                  device: str | torch.device = 'cpu', pin_memory: bool = False) -> torch.Tensor:
@@ -530,6 +581,30 @@ def store_tensor(store: str | os.PathLike | PreparedStore, indices: Sequence[int
     t = torch.from_numpy(np.array(a, copy=True))
     if pin_memory and torch.cuda.is_available(): t = t.pin_memory()
     return t.to(device, non_blocking=pin_memory)
+
+# %% ../nbs/01_data.ipynb #c039b
+def write_synthetic_folders(dest: str | os.PathLike, names: Sequence[str] = ('glioma', 'meningioma', 'notumor', 'pituitary'),
+                            per_class: int = 6, size: int = 32, layout: str = 'kaggle', test_frac: float = 1 / 3,
+                            seed: int = 0) -> Path:
+    """Write synthetic slices into class folders named `names` (a test fixture): `layout='kaggle'` puts `test_frac` of each
+    class under Testing/ and the rest under Training/, 'folders' puts them all in DEST/<name>/. Each is a noisy disc (the head)
+    with, in a tumour class, a bright square whose brightness follows the class; no square in a no-tumour class."""
+    if layout not in ('kaggle', 'folders'): raise BrainMRIError(f"layout={layout!r} must be 'kaggle' or 'folders'")
+    dest, rng = Path(dest), np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    head = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.45 * size) ** 2) * 70.0
+    tumours = [n for n in names if canonical_class(n) != NO_TUMOUR]
+    for n in names:
+        n_test = int(round(per_class * test_frac)) if layout == 'kaggle' else 0
+        for j in range(per_class):
+            img = head + rng.normal(0, 12, (size, size))
+            if n in tumours:
+                s = max(2, size // 5); r0, c0 = rng.integers(size // 4, size - size // 4 - s, 2)
+                img[r0:r0 + s, c0:c0 + s] = 130 + 120 * tumours.index(n) / max(1, len(tumours) - 1)
+            part = ('Testing' if j < n_test else 'Training') if layout == 'kaggle' else ''
+            (dest / part / n).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(dest / part / n / f'{n}-{j}.jpg'), np.clip(img, 0, 255).astype(np.uint8))
+    return dest
 
 # %% ../nbs/01_data.ipynb #c047
 class CustomTumorDataset(Dataset):
@@ -572,10 +647,8 @@ def _labels_groups(store_or_index) -> tuple[np.ndarray, np.ndarray, pd.DataFrame
     else: df = load_store(store_or_index).index
     if 'group' not in df.columns: raise BrainMRIError("the index has no 'group' column: splits need a grouping key")
     if 'label_idx' in df.columns: y = df['label_idx'].to_numpy(np.int64)
-    elif 'label' in df.columns:
-        names = [class_from_name(l) for l in df['label']]
-        if None in names: raise BrainMRIError(f"unknown label {df['label'].iloc[names.index(None)]!r} in the index")
-        y = np.array([CLASSES.index(n) for n in names], np.int64)
+    elif 'label' in df.columns:   # a manifest: any class names (stratifying needs only which rows share a class)
+        y = pd.factorize(df['label'].map(canonical_class), sort=True)[0].astype(np.int64)
     else: raise BrainMRIError("the index has neither 'label' nor 'label_idx'")
     return y, df['group'].astype(str).to_numpy(), df
 
@@ -640,14 +713,14 @@ def class_counts(labels: Sequence[int], n_classes: int = len(CLASSES)) -> np.nda
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes): raise BrainMRIError(f"labels must lie in 0..{n_classes - 1}")
     return np.bincount(labels, minlength=n_classes)
 
-def get_class_balanced_weights(counts: Sequence[int], beta: float = 0.999) -> torch.Tensor:
+def get_class_balanced_weights(counts: Sequence[int], beta: float = 0.999, classes: Sequence[str] = CLASSES) -> torch.Tensor:
     "Class weights from the effective number of samples (Cui et al. 2019), w_c ∝ (1-beta)/(1-beta^n_c), mean 1."
     if not 0 <= beta < 1: raise BrainMRIError(f"beta={beta!r} must be in [0, 1)")
     n = np.asarray(counts, np.float64)
     if n.ndim != 1 or not len(n): raise BrainMRIError(f"counts={counts!r} must be a list of per-class counts")
     if (n <= 0).any():
         c = int(np.flatnonzero(n <= 0)[0])
-        raise BrainMRIError(f"counts[{c}]={counts[c]}: every class needs at least one sample (class {CLASSES[c] if c < len(CLASSES) else c})")
+        raise BrainMRIError(f"counts[{c}]={counts[c]}: every class needs at least one sample (class {classes[c] if c < len(classes) else c})")
     w = (1 - beta) / (1 - np.power(beta, n)) if beta > 0 else np.ones_like(n)
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
@@ -655,7 +728,7 @@ def make_weighted_sampler(labels: Sequence[int], class_weights: Sequence[float] 
                           num_samples: int | None = None) -> WeightedRandomSampler:
     "A seeded WeightedRandomSampler drawing each sample with its class's weight (default: inverse class frequency)."
     labels = np.asarray(labels, np.int64)
-    counts = class_counts(labels, max(len(CLASSES), int(labels.max()) + 1 if len(labels) else 0))
+    counts = class_counts(labels, int(labels.max()) + 1 if len(labels) else 1)
     if class_weights is None: cw = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
     else:
         cw = np.asarray(torch.as_tensor(class_weights, dtype=torch.float64))
@@ -691,9 +764,10 @@ def prepare_cmd(src: str,               # folder (class folders + manifest.csv, 
                 size: int = 256,        # side of the square images stored, in pixels
                 skip_bad: bool = False, # log and skip bad files instead of stopping
                 overwrite: bool = False,# replace a DEST that holds another store or other files
-                workers: int = None):   # decoding threads (default: the CPU count, at most 8)
+                workers: int = None,    # decoding threads (default: the CPU count, at most 8)
+                classes: str = None):   # class names in label order, comma-separated (default: the data's, sorted); others are refused
     "Prepare a brainmri store (index.csv, images.npy, masks.npy, meta.json) from a folder of brain MRI slices."
-    return prepare(src, dest, size=size, skip_bad=skip_bad, overwrite=overwrite, workers=workers)
+    return prepare(src, dest, size=size, skip_bad=skip_bad, overwrite=overwrite, workers=workers, classes=classes)
 
 def _underscore_options(argv: Sequence[str]) -> list[str]:
     return [re.sub(r'^(--[^=]+)', lambda m: m.group(1).replace('-', '_').replace('__', '--', 1), a) if a.startswith('--') else a

@@ -24,8 +24,8 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precisi
 
 from .core import (BrainMRIError, atomic_write, check_path, get_device, load_json, log, nan_to_none, save_json,
                            to_plain)
-from .data import (CLASSES, CustomTumorDataset, box_from_mask, decode_image, load_store, make_loader,
-                           split_by_group, to_square_uint8)
+from .data import (CLASSES, NO_TUMOUR, CustomTumorDataset, box_from_mask, canonical_class, decode_image, load_store,
+                           make_loader, split_by_group, to_square_uint8)
 from .augment import AugmentConfig, eval_transform
 from .runfolder import SPLIT_FILE, load_split
 from .model import BasicCNNModel, create_model
@@ -35,9 +35,10 @@ from .learner import _config_diff, confusion_metrics, confusion_update
 __all__ = ['IMAGE_SUFFIXES', 'read_checkpoint', 'load_model_from_checkpoint', 'save_temperature', 'tta_views', 'predict_logits',
            'reliability_bins', 'expected_calibration_error', 'group_bootstrap_indices', 'bootstrap_samples',
            'classification_report_dict', 'calibrated_probs', 'temperature_nll', 'fit_temperature', 'grad_cam',
-           'cam_peaks', 'box_pixels', 'occlude', 'mirror_box', 'in_box', 'OccludedTransform', 'shortcut_audit',
-           'interpret_audit', 'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid', 'plot_audit',
-           'run_settings', 'evaluate_checkpoint', 'evaluate_run', 'summary_table', 'predict_images']
+           'cam_peaks', 'box_pixels', 'occlude', 'mirror_box', 'in_box', 'OccludedTransform', 'class_map',
+           'shortcut_audit', 'interpret_audit', 'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid',
+           'plot_audit', 'run_settings', 'evaluate_checkpoint', 'evaluate_run', 'evaluate_external', 'summary_table',
+           'predict_images']
 
 # %% ../nbs/08_evaluate.ipynb #c007
 def _unwrap_state(state: dict) -> dict:
@@ -326,22 +327,34 @@ def _chance_gain(acc: float, occluded: float, chance: float) -> float | None:
     "Share of the above-chance accuracy that survives the occlusion (None when the model is not above chance)."
     return (occluded - chance) / (acc - chance) if acc - chance > 1e-9 else None
 
+def class_map(model_classes: Sequence[str], data_classes: Sequence[str]) -> np.ndarray:
+    "For each class of the data, the index of the model's output of the same (canonical) name, or -1 where the model has none."
+    names = [canonical_class(c) for c in model_classes]
+    return np.array([names.index(canonical_class(c)) if canonical_class(c) in names else -1 for c in data_classes], np.int64)
+
 def shortcut_audit(model: nn.Module, store, indices: Sequence[int], transform=None, channels: int = 1,
                    device: str | torch.device = 'auto', temperature: float = 1.0, tta: bool | str = False,
-                   batch_size: int = 64, workers: int = 0, point_margin: float = 0.05) -> dict:
+                   batch_size: int = 64, workers: int = 0, point_margin: float = 0.05, label_map: Sequence[int] | None = None) -> dict:
     """Accuracy plain, with the tumour box hidden, with only the box visible and with the mirrored box hidden (control),
-    plus the Grad-CAM pointing game, on the rows of `indices` that have a box. `transform` defaults to `eval_transform()`."""
+    plus the Grad-CAM pointing game, on the rows of `indices` that have a tumour and a box. `transform` defaults to
+    `eval_transform()`; `label_map` turns store labels into model outputs (see `class_map`; default: the same)."""
     store, transform = load_store(store), transform if transform is not None else eval_transform()
+    to_model = (lambda y: y) if label_map is None else (lambda y: np.asarray(label_map, np.int64)[y])
     boxes = _audit_boxes(store)
     idx = np.asarray(indices, np.int64)
-    idx = idx[~np.isnan(boxes[idx]).any(1)]
+    no_tumour = np.array([canonical_class(c) == NO_TUMOUR for c in store.classes])[store.labels[idx]]
+    idx = idx[~no_tumour]   # nothing to hide or point at
+    has_box = ~np.isnan(boxes[idx]).any(1)
+    skipped = dict(n_no_tumour=int(no_tumour.sum()), n_without_box=int((~has_box).sum()))
+    idx = idx[has_box]
     if len(idx) == 0:
-        return dict(available=False, reason='no tumour boxes for these images (index.csv box_* columns are empty and there are no masks)')
-    labels = store.labels[idx]
+        return dict(available=False, reason='no tumour boxes for these images (no tumour, or index.csv box_* columns are empty '
+                    'and there are no masks)', **skipped)
+    labels = to_model(store.labels[idx])
     def acc(tf) -> float:
-        logits, y = predict_logits(model, CustomTumorDataset(store, idx, tf, channels), device, tta, batch_size, workers)
-        return float((calibrated_probs(logits, temperature).argmax(1) == y).mean())
-    res = dict(available=True, n=len(idx), n_without_box=int(len(indices) - len(idx)),
+        logits, _ = predict_logits(model, CustomTumorDataset(store, idx, tf, channels), device, tta, batch_size, workers)
+        return float((calibrated_probs(logits, temperature).argmax(1) == labels).mean())
+    res = dict(available=True, n=len(idx), **skipped,
                majority_rate=float(np.bincount(labels).max() / len(labels)), accuracy=acc(transform),
                acc_tumour_hidden=acc(OccludedTransform(transform, boxes, 'box')),
                acc_tumour_only=acc(OccludedTransform(transform, boxes, 'outside')),
@@ -541,6 +554,36 @@ def _cam_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
             if p and len(out) < n: out.append(p.pop(0))
     return np.array(out, np.int64)
 
+def _write_plots(out_dir: Path, name: str, tag: str, rep: dict, audit: dict, y: np.ndarray, probs: np.ndarray, raw: np.ndarray,
+                 T: float, model: nn.Module, store, rows: np.ndarray, classes: Sequence[str], tf, channels: int, device,
+                 tta, n_cam: int, seed: int) -> dict:
+    "Confusion, reliability, ROC, Grad-CAM grid and audit PNGs of one checkpoint's report into `out_dir`; their file names."
+    files = dict(confusion=f'{name}_confusion.png', reliability=f'{name}_reliability.png', roc=f'{name}_roc.png',
+                 gradcam=f'{name}_gradcam.png', audit=f'{name}_audit.png')
+    plot_confusion(rep['confusion_matrix'], classes, tag, out_dir / files['confusion'])
+    plot_reliability(raw, probs, y, title=f'{tag}, T = {T:.2f}', path=out_dir / files['reliability'])
+    plot_roc(y, probs, classes, f'ROC, {tag}', out_dir / files['roc'])
+    pick = _cam_pick(y, n_cam, seed)
+    ds = CustomTumorDataset(store, rows[pick], tf, channels)
+    xb = torch.stack([ds[i][0] for i in range(len(ds))]).to(get_device(device))
+    cams = grad_cam(model, xb)
+    with torch.no_grad(): pp = calibrated_probs(torch.stack([model(v(xb)).float() for v in tta_views(tta)]).cpu(), T)
+    titles = [f"true {classes[y[i]]}\npred {classes[k]} ({p[k]:.2f})" for i, k, p in zip(pick, pp.argmax(1), pp)]
+    plot_cam_grid(xb[:, 0].cpu(), cams.cpu(), _audit_boxes(store)[rows[pick]], titles, path=out_dir / files['gradcam'])
+    plot_audit(audit, f"shortcut audit, {tag} (n={audit.get('n', 0)})", out_dir / files['audit'])
+    return files
+
+def _log_report(name: str, r: dict, split: str) -> None:
+    "The headline numbers of one checkpoint's report, and what its audit skipped."
+    t, a = r[split], r['audit']
+    log(f"{name}: accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}, T {r['temperature']:.2f}, "
+        f"ECE {t['ece_uncalibrated']:.3f} → {t['ece']:.3f}", 'good')
+    skipped = f"left out {a.get('n_no_tumour', 0)} image(s) without a tumour and {a.get('n_without_box', 0)} without a box"
+    if a.get('available'):
+        log(f"{name} audit: tumour hidden {a['acc_tumour_hidden']:.3f}, tumour only {a['acc_tumour_only']:.3f}, "
+            f"pointing game {a['pointing_game']:.2f} (chance {a['box_area_frac']:.2f}); {skipped}", 'info')
+    else: log(f"{name} audit not available: {a.get('reason')}; {skipped}", 'warn')
+
 def evaluate_checkpoint(path: str | os.PathLike, store, splits: dict, split: str = 'test', settings: dict | None = None,
                         tta: bool | str = False, n_boot: int = 1000, seed: int = 0, device: str | torch.device = 'auto',
                         batch_size: int = 64, workers: int = 0, n_cam: int = 16, point_margin: float = 0.05,
@@ -575,65 +618,113 @@ def evaluate_checkpoint(path: str | os.PathLike, store, splits: dict, split: str
     rows = splits[split]
     out['audit'] = shortcut_audit(model, store, rows, tf, channels, device, T, tta, batch_size, workers, point_margin)
     if out_dir is not None:
-        out_dir = Path(out_dir); tag = f'{name} checkpoint, {split} split'
-        files = dict(confusion=f'{name}_confusion.png', reliability=f'{name}_reliability.png', roc=f'{name}_roc.png',
-                     gradcam=f'{name}_gradcam.png', audit=f'{name}_audit.png')
-        plot_confusion(out[split]['confusion_matrix'], store.classes, tag, out_dir / files['confusion'])
-        plot_reliability(eval_raw, eval_probs, eval_y, title=f'{tag}, T = {T:.2f}', path=out_dir / files['reliability'])
-        plot_roc(eval_y, eval_probs, store.classes, f'ROC, {tag}', out_dir / files['roc'])
-        pick = rows[_cam_pick(store.labels[rows], n_cam, seed)]
-        ds = CustomTumorDataset(store, pick, tf, channels)
-        xb = torch.stack([ds[i][0] for i in range(len(ds))]).to(get_device(device))
-        cams = grad_cam(model, xb)
-        with torch.no_grad(): pp = calibrated_probs(torch.stack([model(v(xb)).float() for v in tta_views(tta)]).cpu(), T)
-        titles = [f"true {store.classes[store.labels[i]]}\npred {store.classes[k]} ({p[k]:.2f})" for i, k, p in zip(pick, pp.argmax(1), pp)]
-        plot_cam_grid(xb[:, 0].cpu(), cams.cpu(), _audit_boxes(store)[pick], titles, path=out_dir / files['gradcam'])
-        plot_audit(out['audit'], f"shortcut audit, {tag} (n={out['audit'].get('n', 0)})", out_dir / files['audit'])
-        out['plots'] = files
+        out['plots'] = _write_plots(Path(out_dir), name, f'{name} checkpoint, {split} split', out[split], out['audit'], eval_y,
+                                    eval_probs, eval_raw, T, model, store, rows, store.classes, tf, channels, device, tta, n_cam, seed)
     return _json_ready(out)
+
+def _run_checkpoints(run_dir) -> tuple[Path, dict, dict | None, dict]:
+    "(run_dir, {name: checkpoint path}, params.json or None, best.pt's model_config) of a run folder, checked."
+    run_dir = check_path(run_dir, 'run_dir', 'dir')
+    ckpts = {k: run_dir / f'{k}.pt' for k in ('best', 'swa') if (run_dir / f'{k}.pt').exists()}
+    if 'best' not in ckpts: raise BrainMRIError(f"run_dir={str(run_dir)!r} has no best.pt: is it a training run folder?")
+    params = load_json(run_dir / 'params.json') if (run_dir / 'params.json').exists() else None
+    if params is None: log(f"{run_dir / 'params.json'} is missing: using default data settings, the split may differ from training", 'warn')
+    best_cfg = read_checkpoint(ckpts['best'])['model_config']
+    for name, path in ckpts.items():   # every checkpoint the same architecture as best.pt, before any is evaluated
+        if name != 'best': load_model_from_checkpoint(path, model_config=best_cfg)
+    return run_dir, ckpts, params, best_cfg
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, split: str = 'test',
                  tta: bool | str = False, n_boot: int = 1000, device: str | torch.device = 'auto', seed: int = 0,
                  batch_size: int = 64, workers: int = 0, n_cam: int = 16, point_margin: float = 0.05,
                  write_temperature: bool = True) -> dict:
     """Evaluate best.pt and (when present) swa.pt of `run_dir` on `split` of the prepared store `data_dir` (default: the
-    one params.json names), with the training split; write metrics.json and PNGs into `run_dir`; return the metrics."""
-    run_dir = check_path(run_dir, 'run_dir', 'dir')
-    if split not in ('train', 'val', 'test'): raise BrainMRIError(f"split={split!r} must be 'train', 'val' or 'test'")
+    one params.json names), with the training split; write metrics.json and PNGs into `run_dir`; return the metrics.
+    `split='all'` scores every image of another store instead: see `evaluate_external`."""
+    if split == 'all':
+        return evaluate_external(run_dir, data_dir, tta=tta, n_boot=n_boot, device=device, seed=seed, batch_size=batch_size,
+                                 workers=workers, n_cam=n_cam, point_margin=point_margin)
+    if split not in ('train', 'val', 'test'): raise BrainMRIError(f"split={split!r} must be 'train', 'val', 'test' or 'all' (another store)")
     tta_views(tta)   # validates
-    ckpts = {k: run_dir / f'{k}.pt' for k in ('best', 'swa') if (run_dir / f'{k}.pt').exists()}
-    if 'best' not in ckpts: raise BrainMRIError(f"run_dir={str(run_dir)!r} has no best.pt: is it a training run folder?")
-    params = load_json(run_dir / 'params.json') if (run_dir / 'params.json').exists() else None
-    if params is None: log(f"{run_dir / 'params.json'} is missing: using default data settings, the split may differ from training", 'warn')
-    best_cfg = read_checkpoint(ckpts['best'])['model_config']
+    run_dir, ckpts, params, best_cfg = _run_checkpoints(run_dir)
     settings, fallbacks = run_settings(params, best_cfg)
     store = _open_store(data_dir, settings)
     used_fb = [f for f in fallbacks if f not in ('store', 'store_size')]
     if used_fb: log(f"params.json does not give {', '.join(used_fb)}: using defaults {({k: settings[k] for k in used_fb})}", 'warn')
-    splits = load_split(run_dir, store)     # the split the run trained on; an other store is refused
+    for name, path in ckpts.items():   # every checkpoint checked before any is evaluated
+        ck_classes = list(read_checkpoint(path).get('classes') or CLASSES)
+        if ck_classes != list(store.classes):
+            raise BrainMRIError(f"data_dir={str(store.path)!r} holds classes {list(store.classes)} but {path.name} was trained on "
+                                f"{ck_classes}: to score it on the classes they share, pass split='all' (--split all)")
+    splits = load_split(run_dir, store)     # the split the run trained on; another store is refused
     if splits is None:
         log(f"{run_dir} keeps no {SPLIT_FILE} (a run from before runs kept their split): recomputing it from the seed", 'warn')
         splits = split_by_group(store, settings['val_frac'], settings['test_frac'], settings['split_seed'])
     metrics = dict(run_dir=str(run_dir), data_dir=str(store.path), split=split, tta=tta, n_boot=n_boot, seed=seed,
                    classes=list(store.classes), settings=settings, settings_fallbacks=used_fb,
                    n={k: len(v) for k, v in splits.items()})
-    for name, path in ckpts.items():   # every checkpoint checked before any is evaluated
-        ck_classes = list(read_checkpoint(path).get('classes') or CLASSES)
-        if ck_classes != list(store.classes):
-            raise BrainMRIError(f"data_dir={str(store.path)!r} holds classes {list(store.classes)} but {path.name} was trained on {ck_classes}")
-        if name != 'best': load_model_from_checkpoint(path, model_config=best_cfg)   # the same architecture as best.pt
     for name, path in ckpts.items():
         log(f"evaluating {path.name} on the {split} split ({len(splits[split])} images)", 'info')
         r = evaluate_checkpoint(path, store, splits, split, settings, tta, n_boot, seed, device, batch_size, workers,
                                 n_cam, point_margin, run_dir, write_temperature)
         metrics[name] = r
-        t, a = r[split], r['audit']
-        log(f"{name}: accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}, T {r['temperature']:.2f}, "
-            f"ECE {t['ece_uncalibrated']:.3f} → {t['ece']:.3f}", 'good')
-        if a.get('available'):
-            log(f"{name} audit: tumour hidden {a['acc_tumour_hidden']:.3f}, tumour only {a['acc_tumour_only']:.3f}, "
-                f"pointing game {a['pointing_game']:.2f} (chance {a['box_area_frac']:.2f})", 'info')
+        _log_report(name, r, split)
     save_json(_json_ready(metrics), run_dir / 'metrics.json')
+    return metrics
+
+def evaluate_external(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                      tta: bool | str = False, n_boot: int = 1000, device: str | torch.device = 'auto', seed: int = 0,
+                      batch_size: int = 64, workers: int = 0, n_cam: int = 16, point_margin: float = 0.05) -> dict:
+    """Score best.pt (and swa.pt) of `run_dir` on every image of another prepared store `data_dir` whose class the model
+    knows (matched by name), with the temperature fitted in the run; write metrics.json and PNGs into `out_dir` (default
+    `run_dir/external/<store folder name>/`). The run's own metrics.json, plots and checkpoints are not touched."""
+    tta_views(tta)
+    run_dir, ckpts, params, best_cfg = _run_checkpoints(run_dir)
+    if data_dir in (None, ''): raise BrainMRIError("data_dir is not set: split='all' scores every image of another prepared store")
+    settings, fallbacks = run_settings(params, best_cfg)
+    store = _open_store(data_dir, settings)
+    if settings['store'] and Path(settings['store']).resolve() == store.path.resolve():
+        log(f"data_dir={str(data_dir)!r} is the run's own store: split='all' scores its training images too", 'warn')
+    used_fb = [f for f in fallbacks if f not in ('store', 'store_size')]
+    if used_fb: log(f"params.json does not give {', '.join(used_fb)}: using defaults {({k: settings[k] for k in used_fb})}", 'warn')
+    classes = list(read_checkpoint(ckpts['best']).get('classes') or CLASSES)
+    for path in ckpts.values():
+        if list(read_checkpoint(path).get('classes') or CLASSES) != classes:
+            raise BrainMRIError(f"{path.name} was trained on other classes than best.pt ({classes})")
+    cmap = class_map(classes, store.classes)
+    shared = [c for c, k in zip(store.classes, cmap) if k >= 0]
+    if not shared: raise BrainMRIError(f"data_dir={str(store.path)!r} holds classes {list(store.classes)}, none of which the "
+                                       f"model knows ({classes}): nothing to score")
+    left_out = {c: int((store.labels == i).sum()) for i, c in enumerate(store.classes) if cmap[i] < 0}
+    rows = np.flatnonzero(cmap[store.labels] >= 0)
+    y = cmap[store.labels[rows]]
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / 'external' / store.path.resolve().name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = dict(run_dir=str(run_dir), data_dir=str(store.path), out_dir=str(out_dir), split='all', tta=tta, n_boot=n_boot,
+                   seed=seed, classes=classes, data_classes=list(store.classes), shared_classes=shared,
+                   model_only_classes=[c for k, c in enumerate(classes) if k not in cmap],
+                   left_out=left_out, n_left_out=int(sum(left_out.values())), settings=settings,
+                   settings_fallbacks=used_fb, n={'all': len(rows)})
+    log(f"scoring {len(rows)} images of {store.path} on the classes the model knows ({', '.join(shared)}); left out "
+        + (', '.join(f'{k} {c}' for c, k in left_out.items()) or 'none'), 'info')
+    tf = eval_transform(settings['img_size'], settings['mean'], settings['std'])
+    for name, path in ckpts.items():
+        model, ckpt = load_model_from_checkpoint(path, device=device)
+        T = ckpt.get('temperature')
+        if T is None: log(f"{path.name} has no fitted temperature (run evaluate_run on its own data first): T = 1", 'warn')
+        T = float(T or 1.0)
+        channels = settings.get('channels', model.in_chans)
+        logits, _ = predict_logits(model, CustomTumorDataset(store, rows, tf, channels), device, tta, batch_size, workers)
+        probs, raw = calibrated_probs(logits, T), calibrated_probs(logits, 1.0)
+        rep = classification_report_dict(y, probs, store.groups[rows], classes, n_boot, seed)
+        rep.update(ece_uncalibrated=expected_calibration_error(raw, y), nll_uncalibrated=_nll(raw, y))
+        audit = shortcut_audit(model, store, rows, tf, channels, device, T, tta, batch_size, workers, point_margin, cmap)
+        r = dict(checkpoint=path.name, epoch=ckpt.get('epoch'), temperature=T, all=rep, audit=audit)
+        r['plots'] = _write_plots(out_dir, name, f'{name} checkpoint on {store.path.name}', rep, audit, y, probs, raw, T, model,
+                                  store, rows, classes, tf, channels, device, tta, n_cam, seed)
+        metrics[name] = _json_ready(r)
+        _log_report(name, metrics[name], 'all')
+    save_json(_json_ready(metrics), out_dir / 'metrics.json')
     return metrics
 
 # %% ../nbs/08_evaluate.ipynb #c055

@@ -17,7 +17,7 @@ import torch
 
 from .core import (BrainMRIError, check_names, check_number, check_path, get_device, injected_parameters, is_main_process, load_json, log,
                    sample_data_dir, save_json, seed_everything, to_plain)
-from .data import (CustomTumorDataset, PreparedStore, class_counts, get_class_balanced_weights, load_store,
+from .data import (CustomTumorDataset, PreparedStore, check_classes, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
 from .augment import AugmentConfig, PhaseTransform, eval_transform
 from .model import create_model
@@ -53,6 +53,7 @@ class TrainConfig:
     val_frac: float = 0.15              # fraction of groups (patients) held out for validation
     test_frac: float = 0.15             # fraction of groups held out for the test report
     cache: bool = True                  # keep the training images in RAM (else read the memory map)
+    classes: str | tuple | None = None  # class names in label order, comma-separated (default: the store's); other stores are refused
     # run
     run_dir: str | None = None          # default: runs/<date>-<time>
     overwrite: bool = False             # allow writing into an existing, non-empty run folder
@@ -118,6 +119,7 @@ class TrainConfig:
         def choice(name, options):
             if getattr(self, name) not in options: raise BrainMRIError(f'{name}={getattr(self, name)!r} must be one of {", ".join(map(str, options))}')
         if self.data_dir in (None, ''): raise BrainMRIError('data_dir is not set')
+        self.classes = check_classes(self.classes)
         whole('epochs', 0); whole('batch_size', 1); whole('grad_accum', 1); whole('workers', 0); whole('seed', 0)
         whole('img_size', 16, 4096); whole('prep_size', 16, 4096); whole('channels', 1, 3); choice('channels', (1, 3))
         whole('open_block2_at', 0); whole('open_block3_at', 0); whole('mixup_end', 0); whole('swa_start', 0)
@@ -231,12 +233,12 @@ def is_store(path: str | os.PathLike) -> bool:
     return (Path(path) / 'meta.json').exists()
 
 def get_store(cfg: TrainConfig) -> PreparedStore:
-    "The prepared store for `cfg.data_dir`, preparing a raw source into `cfg.store_dir` (default: the project's prepared/) first."
+    "The prepared store for `cfg.data_dir` (of `cfg.classes` when set), preparing a raw source into `cfg.store_dir` (default: the project's prepared/) first."
     augment_config(cfg)   # a bad augment file stops the run here, before anything is written
     src = check_path(project_path(cfg.data_dir), 'data_dir', 'dir')
-    if is_store(src): return load_store(src)
+    if is_store(src): return load_store(src, cfg.classes)
     dest = project_path(cfg.store_dir) if cfg.store_dir else project_root() / 'prepared' / f'{src.resolve().name}-{cfg.prep_size}'
-    return load_store(prepare(src, dest, size=cfg.prep_size))
+    return load_store(prepare(src, dest, size=cfg.prep_size, classes=cfg.classes), cfg.classes)
 
 def use_gpu_data(cfg: TrainConfig) -> bool:
     "Whether the images live on the device and are augmented there."
@@ -264,7 +266,7 @@ def build_data(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLik
     splits = run_split(cfg, store, run_dir)
     train_labels = store.labels[splits['train']]
     counts = class_counts(train_labels, len(store.classes))
-    weights = get_class_balanced_weights(counts, beta=cfg.balance_beta)
+    weights = get_class_balanced_weights(counts, beta=cfg.balance_beta, classes=store.classes)
     aug = augment_config(cfg)
     if use_gpu_data(cfg):
         from brainmri.device_loader import DeviceLoader
