@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
-from .core import BrainMRIError, atomic_write, check_number, is_main_process, log
+from .core import BrainMRIError, atomic_write, check_bool, check_int, check_number, is_main_process, log
 from .learner import Callback, CancelFitException, LRScheduleCallback
 from .losses import mixup_batch, mixup_criterion
 from .schedule import mixup_alpha
@@ -23,18 +23,6 @@ __all__ = ['RECIPE', 'AdaptiveCallback', 'ProgressiveUnfreeze', 'MixupCallback',
            'default_callbacks']
 
 # %% ../nbs/06_callbacks.ipynb #c006
-def _check_int(value, name: str, lo: int | None = None, allow_none: bool = False) -> int | None:
-    "`value` as an int (>= `lo`); the error names parameter `name`."
-    if value is None and allow_none: return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (lo is not None and value < lo):
-        raise BrainMRIError(f"{name}={value!r} must be an integer" + (f" >= {lo}" if lo is not None else '')
-                            + (' or None' if allow_none else ''))
-    return int(value)
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool): raise BrainMRIError(f"{name}={value!r} must be True or False")
-    return value
-
 def _finite(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
 
@@ -47,7 +35,7 @@ class AdaptiveCallback(Callback):
 
     def __init__(self,
                  enabled: bool = True):   # False: the learner sends this callback no events
-        self.enabled, self._resumed, self.resuming, self._warned = _check_bool(enabled, 'enabled'), False, False, set()
+        self.enabled, self._resumed, self.resuming, self._warned = check_bool(enabled, 'enabled'), False, False, set()
 
     def act(self, what: str, why: str) -> dict:
         "Record an action of this callback (epoch, what changed, why) in the history, actions.json and the console."
@@ -84,10 +72,10 @@ class ProgressiveUnfreeze(AdaptiveCallback):
                  open_block3_at: int | None = 30,   # ... at this epoch
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
-        self.start_blocks = _check_int(start_blocks, 'start_blocks', lo=1)
-        self.open_block2_at = _check_int(open_block2_at, 'open_block2_at', lo=0, allow_none=True)
-        self.allow_block3 = _check_bool(allow_block3, 'allow_block3')
-        self.open_block3_at = _check_int(open_block3_at, 'open_block3_at', lo=0, allow_none=True)
+        self.start_blocks = check_int(start_blocks, 'start_blocks', lo=1)
+        self.open_block2_at = check_int(open_block2_at, 'open_block2_at', lo=0, allow_none=True)
+        self.allow_block3 = check_bool(allow_block3, 'allow_block3')
+        self.open_block3_at = check_int(open_block3_at, 'open_block3_at', lo=0, allow_none=True)
 
     def target_depth(self, epoch: int) -> int:
         "The number of blocks that should be open in `epoch`."
@@ -139,7 +127,7 @@ class MixupCallback(AdaptiveCallback):
         super().__init__(enabled)
         self.alpha = check_number(alpha, 'alpha', lo=0)
         self.end_epoch = check_number(end_epoch, 'end_epoch', lo=0, lo_open=True)
-        self.seed = _check_int(seed, 'seed', lo=0, allow_none=True)
+        self.seed = check_int(seed, 'seed', lo=0, allow_none=True)
         self.gen, self.was_on, self.cur_alpha, self.last_lam, self._mix = torch.Generator(), None, 0.0, None, None
 
     def alpha_at(self, epoch: float) -> float:
@@ -188,9 +176,9 @@ class SWACallback(AdaptiveCallback):
                  anneal_strategy: str = 'cos',       # 'cos' or 'linear'
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
-        self.swa_start = _check_int(swa_start, 'swa_start', lo=0)
+        self.swa_start = check_int(swa_start, 'swa_start', lo=0)
         self.swa_lr = check_number(swa_lr, 'swa_lr', lo=0, lo_open=True)
-        self.anneal_epochs = _check_int(anneal_epochs, 'anneal_epochs', lo=0)
+        self.anneal_epochs = check_int(anneal_epochs, 'anneal_epochs', lo=0)
         if anneal_strategy not in ('cos', 'linear'): raise BrainMRIError(f"anneal_strategy={anneal_strategy!r} must be 'cos' or 'linear'")
         self.anneal_strategy = anneal_strategy
         self._clear(); self._pending = None
@@ -323,11 +311,11 @@ class EarlyStopping(AdaptiveCallback):
                  restore_best: bool = True,   # put the best epoch's weights back at the end of the fit
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
-        self.patience = _check_int(patience, 'patience', lo=1)
+        self.patience = check_int(patience, 'patience', lo=1)
         if not isinstance(monitor, str) or not monitor: raise BrainMRIError(f"monitor={monitor!r} must be a metric name such as 'val_acc'")
         self.monitor, self.mode = monitor, ('min' if monitor.endswith('loss') else 'max')
         self.min_delta = check_number(min_delta, 'min_delta', lo=0)
-        self.restore_best = _check_bool(restore_best, 'restore_best')
+        self.restore_best = check_bool(restore_best, 'restore_best')
         self.reset()
 
     def reset(self): self.best, self.best_epoch, self.wait, self.best_state = None, None, 0, None
@@ -375,8 +363,8 @@ class Rollback(AdaptiveCallback):
         super().__init__(enabled)
         self.acc_drop = check_number(acc_drop, 'acc_drop', lo=0, lo_open=True)
         self.loss_rise = check_number(loss_rise, 'loss_rise', lo=0, lo_open=True)
-        self.max_rollbacks = _check_int(max_rollbacks, 'max_rollbacks', lo=0)
-        self.cooldown = _check_int(cooldown, 'cooldown', lo=0)
+        self.max_rollbacks = check_int(max_rollbacks, 'max_rollbacks', lo=0)
+        self.cooldown = check_int(cooldown, 'cooldown', lo=0)
         self.reset(); self.snap, self._want_snap = None, True
 
     def reset(self):
@@ -448,11 +436,11 @@ class ClassPenalty(AdaptiveCallback):
                  renorm_every: int = 10,    # renormalise to mean 1 every this many epochs after start_epoch
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
-        self.start_epoch = _check_int(start_epoch, 'start_epoch', lo=0)
+        self.start_epoch = check_int(start_epoch, 'start_epoch', lo=0)
         self.low, self.high = check_number(low, 'low'), check_number(high, 'high')
         if self.high < self.low: raise BrainMRIError(f"low={low!r} must not exceed high={high!r}")
         self.up, self.down = check_number(up, 'up', lo=1), check_number(down, 'down', lo=0, hi=1, lo_open=True)
-        self.renorm_every = _check_int(renorm_every, 'renorm_every', lo=1)
+        self.renorm_every = check_int(renorm_every, 'renorm_every', lo=1)
 
     def adjust(self, weights: torch.Tensor, train_class_acc, val_class_acc) -> tuple[torch.Tensor, list[str]]:
         "New weights (float64) and a note per class that moved, from the per-class accuracies."
@@ -515,8 +503,8 @@ class DynamicRegularisation(AdaptiveCallback):
         if not self.min_scale <= 1 <= self.max_scale: raise BrainMRIError(f"min_scale={min_scale!r} and max_scale={max_scale!r} must enclose 1 (the starting scale)")
         self.max_dropout = check_number(max_dropout, 'max_dropout', lo=0, hi=1, hi_open=True)
         self.max_noise_std = check_number(max_noise_std, 'max_noise_std', lo=0)
-        self.scale_noise = _check_bool(scale_noise, 'scale_noise')
-        self.start_epoch = _check_int(start_epoch, 'start_epoch', lo=0)
+        self.scale_noise = check_bool(scale_noise, 'scale_noise')
+        self.start_epoch = check_int(start_epoch, 'start_epoch', lo=0)
         self.scale = 1.0
 
     def reset(self): self.scale = 1.0
@@ -606,7 +594,7 @@ class LRNudge(AdaptiveCallback):
         self.up = check_number(up, 'up', lo=1)
         self.tolerance = check_number(tolerance, 'tolerance', lo=0)
         self.min_lr = check_number(min_lr, 'min_lr', lo=0)
-        self.start_epoch = _check_int(start_epoch, 'start_epoch', lo=0)
+        self.start_epoch = check_int(start_epoch, 'start_epoch', lo=0)
         self.reset()
 
     def reset(self): self.prev_loss, self.best_loss = None, None
