@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_callbacks.ipynb #c004
 from __future__ import annotations
-import copy, inspect, math, numbers, warnings
+import copy, dataclasses, inspect, math, numbers, warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from .schedule import mixup_alpha
 # %% auto #0
 __all__ = ['RECIPE', 'AdaptiveCallback', 'ProgressiveUnfreeze', 'MixupCallback', 'SWACallback', 'EarlyStopping', 'Rollback',
            'ClassPenalty', 'DynamicRegularisation', 'find_phase_transform', 'DynamicAugmentation', 'LRNudge',
-           'default_callbacks']
+           'default_callbacks', 'MechanismConfig']
 
 # %% ../nbs/06_callbacks.ipynb #c006
 def _finite(x) -> bool:
@@ -664,3 +664,29 @@ def default_callbacks(progressive_unfreeze: bool | dict = True, mixup: bool | di
         if unknown: raise BrainMRIError(f"{k}: {', '.join(sorted(unknown))} is not a parameter of {cls.__name__}")
         out.append(cls(**kwargs[k]))
     return out
+
+# %% ../nbs/06_callbacks.ipynb #c064b
+@dataclasses.dataclass
+class MechanismConfig:
+    "The adaptive mechanisms' thresholds, factors and bounds (see each callback), as `default_callbacks` keyword arguments."
+    rollback_acc_drop: float = 0.05                     # a val-accuracy drop of at least this (vs the last good epoch) rolls back
+    rollback_loss_rise: float = 0.25                    # so does a val-loss rise of at least this
+    class_penalty_low: float = 0.02                     # per-class train−val accuracy gap: weights move inside [low, high]
+    class_penalty_high: float = 0.20
+    class_penalty_up: float = 1.03                      # weight factor of classes under the mean val accuracy
+    class_penalty_down: float = 0.97                    # weight factor of classes over it
+    class_penalty_renorm_every: int = 10                # renormalise the weights to mean 1 every this many epochs (a milestone)
+    dynamic_regularisation_overfit_gap: float = 0.10    # train acc − val acc above this: more dropout and noise
+    dynamic_regularisation_underfit_acc: float = 0.60   # val acc under this: less
+    dynamic_regularisation_step: float = 0.1            # change of the regularisation scale per epoch
+    dynamic_regularisation_min_scale: float = 0.5       # bounds of the scale (1 = the model's own dropout and noise)
+    dynamic_regularisation_max_scale: float = 2.0
+    dynamic_regularisation_max_dropout: float = 0.6     # cap on any Dropout2d p
+    dynamic_regularisation_max_noise_std: float = 0.2   # cap on any noise std
+    lr_nudge_down: float = 0.9                          # lr factor when the val loss got worse
+    lr_nudge_up: float = 1.0                            # lr factor at a new best val loss
+    lr_nudge_tolerance: float = 0.0                     # relative val-loss rise that still counts as not worse
+    swa_anneal_epochs: int = 5                          # SWALR's anneal from the current lr to swa_lr
+    early_stopping_min_delta: float = 0.0               # an improvement of val accuracy must exceed this
+
+    def __post_init__(self): default_callbacks(**dataclasses.asdict(self))   # the callbacks check every value

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c004
 from __future__ import annotations
-import contextlib, json, math, numbers, os, random, shutil, tempfile, uuid
+import contextlib, dataclasses, json, math, numbers, os, random, shutil, tempfile, uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -16,9 +16,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'console', 'BrainMRIError', 'get_device', 'check_number', 'check_int', 'check_bool', 'check_choice',
-           'to_plain', 'nan_to_none', 'seed_everything', 'seed_worker', 'make_generator', 'check_channels',
-           'check_indices', 'repo_root', 'sample_data_dir', 'check_path', 'atomic_write', 'atomic_dir', 'save_json',
-           'load_json', 'dist_rank', 'is_main_process', 'log', 'progress']
+           'to_plain', 'nan_to_none', 'config_group', 'seed_everything', 'seed_worker', 'make_generator',
+           'check_channels', 'check_indices', 'repo_root', 'sample_data_dir', 'check_path', 'atomic_write',
+           'atomic_dir', 'save_json', 'load_json', 'dist_rank', 'is_main_process', 'log', 'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 class BrainMRIError(ValueError):
@@ -95,6 +95,21 @@ def nan_to_none(x):
     if isinstance(x, dict): return {k: nan_to_none(v) for k, v in x.items()}
     if isinstance(x, list): return [nan_to_none(v) for v in x]
     return x
+
+# %% ../nbs/00_core.ipynb #c015e
+def config_group(cls: type, value: Any, name: str) -> Any:
+    "An instance of dataclass `cls` from `value`: an instance, None (the defaults), or a dict / JSON object text merged over the defaults."
+    if isinstance(value, cls): return value
+    if value is None: value = {}
+    if isinstance(value, str):
+        try: value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as e: raise BrainMRIError(f"{name}={value!r} is not a JSON object: {e}") from None
+    if not isinstance(value, dict): raise BrainMRIError(f"{name}={value!r} must be a dict of {cls.__name__} fields (or a JSON object)")
+    known = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(value) - known):
+        raise BrainMRIError(f"{name}: {', '.join(unknown)} is not a field of {cls.__name__} (fields: {', '.join(sorted(known))})")
+    try: return cls(**value)
+    except BrainMRIError as e: raise BrainMRIError(f"{name}: {e}") from None
 
 # %% ../nbs/00_core.ipynb #c011
 def seed_everything(seed: int, deterministic: bool = False) -> int:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_schedule.ipynb #c004
 from __future__ import annotations
-import inspect, math, numbers
+import dataclasses, inspect, math, numbers
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -13,8 +13,8 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from .core import BrainMRIError, check_int, check_number
 
 # %% auto #0
-__all__ = ['check_floors', 'floor_at', 'scheduled_lr', 'CompositeLRSchedule', 'extend_schedulers', 'lr_curve', 'plot_lr_schedule',
-           'mixup_alpha']
+__all__ = ['check_floors', 'floor_at', 'scheduled_lr', 'CompositeLRSchedule', 'extend_schedulers', 'ScheduleConfig', 'lr_curve',
+           'plot_lr_schedule', 'mixup_alpha']
 
 # %% ../nbs/04_schedule.ipynb #c006
 def check_floors(floors) -> tuple[tuple[float, float], ...]:
@@ -260,6 +260,34 @@ def extend_schedulers(sched, _seen=None) -> None:
         for o in (v if isinstance(v, (list, tuple)) else [v]):
             if isinstance(o, (LRScheduler, ReduceLROnPlateau)) or type(o).__module__.startswith('brainmri'):
                 extend_schedulers(o, _seen)
+
+# %% ../nbs/04_schedule.ipynb #c010b
+@dataclasses.dataclass
+class ScheduleConfig:
+    "Every number of the composite LR plan, in epochs of the original's 60-epoch run."
+    warmup_epochs: float = 5                    # linear warm-up ends here (at the peak)
+    onecycle_end: float = 20                    # OneCycle ends here
+    cosine_end: float = 40                      # cosine decay ends here; the plateau phase starts
+    floors: tuple = ((40, 1e-3), (50, 1e-4))    # (from epoch, lowest lr) pairs
+    plateau_factor: float = 0.1                 # ReduceLROnPlateau's cut on the validation loss
+    plateau_patience: int = 3                   # epochs without improvement before a cut
+    warmup_start_factor: float = 0.01           # warm-up starts at this fraction of its target
+    min_lr: float | None = None                 # where the cosine ends (None: the floor at cosine_end)
+    onecycle_div_factor: float = 1.0            # OneCycle starts at peak/this (10 with pct_start 0.3: the classic rise)
+    onecycle_pct_start: float = 0.0             # fraction of OneCycle rising to the peak (0: no second rise)
+    onecycle_final_div: float = 4.0             # OneCycle ends at peak/this, where the cosine starts
+    max_nudge: float = 10.0                     # bound on the cumulative nudge before the plateau
+
+    def __post_init__(self):
+        self.floors = check_floors(self.floors)
+        self.build(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 1)   # the schedule checks every value
+
+    def build(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, peak_lr: float = 1e-2,
+              n_epochs: float | None = None, reference_epochs: float = 60) -> CompositeLRSchedule:
+        "The schedule on `optimizer`; with `n_epochs`, the plan stretched from `reference_epochs` to `n_epochs`."
+        kw = dataclasses.asdict(self)
+        if n_epochs is None: return CompositeLRSchedule(optimizer, steps_per_epoch, peak_lr=peak_lr, **kw)
+        return CompositeLRSchedule.for_epochs(optimizer, steps_per_epoch, n_epochs, reference_epochs, peak_lr=peak_lr, **kw)
 
 # %% ../nbs/04_schedule.ipynb #c014
 def lr_curve(epochs: int, steps_per_epoch: int, val_losses: Sequence[float] | Mapping[int, float] | Callable | None = None,

@@ -24,11 +24,15 @@ def test_papermill_train_notebook(tmp_path):
     cmd = [bin_path('papermill'), str(ROOT / 'nbs' / 'train.ipynb'), str(out), '-k', 'python3', '--cwd', str(tmp_path),
            '-p', 'data_dir', str(data), '-p', 'store_dir', str(tmp_path / 'store'), '-p', 'run_dir', str(run),
            '-p', 'epochs', '2', '-p', 'img_size', '32', '-p', 'batch_size', '16', '-p', 'grad_accum', '1',
-           '-p', 'workers', '0', '-p', 'n_boot', '20', '-p', 'device', 'cpu']
+           '-p', 'workers', '0', '-p', 'n_boot', '20', '-p', 'device', 'cpu',
+           '-p', 'schedule', '{"warmup_epochs": 10, "plateau_patience": 1}', '-p', 'mechanisms', '{"class_penalty_up": 1.05}']
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     params = json.loads((run / 'params.json').read_text())
     assert params['epochs'] == 2 and params['img_size'] == 32      # papermill's parameters were used, not the defaults
+    # a group given as a JSON object is merged over its defaults
+    assert params['schedule']['warmup_epochs'] == 10 and params['schedule']['plateau_patience'] == 1
+    assert params['schedule']['cosine_end'] == 40 and params['mechanisms']['class_penalty_up'] == 1.05
     assert len(json.loads((run / 'history.json').read_text())) == 2
     for name in ('best.pt', 'last.pt', 'metrics.json', 'train.ipynb'): assert (run / name).exists(), name
     assert list(run.glob('*.png'))
