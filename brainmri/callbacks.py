@@ -672,15 +672,15 @@ class MechanismConfig:
     rollback_acc_drop: float = 0.05                     # a val-accuracy drop of at least this (vs the last good epoch) rolls back
     rollback_loss_rise: float = 0.25                    # so does a val-loss rise of at least this
     class_penalty_low: float = 0.02                     # per-class train−val accuracy gap: weights move inside [low, high]
-    class_penalty_high: float = 0.20
+    class_penalty_high: float = 0.20                    # upper end of that band
     class_penalty_up: float = 1.03                      # weight factor of classes under the mean val accuracy
     class_penalty_down: float = 0.97                    # weight factor of classes over it
     class_penalty_renorm_every: int = 10                # renormalise the weights to mean 1 every this many epochs (a milestone)
     dynamic_regularisation_overfit_gap: float = 0.10    # train acc − val acc above this: more dropout and noise
     dynamic_regularisation_underfit_acc: float = 0.60   # val acc under this: less
     dynamic_regularisation_step: float = 0.1            # change of the regularisation scale per epoch
-    dynamic_regularisation_min_scale: float = 0.5       # bounds of the scale (1 = the model's own dropout and noise)
-    dynamic_regularisation_max_scale: float = 2.0
+    dynamic_regularisation_min_scale: float = 0.5       # lower bound of the scale (1 = the model's own dropout and noise)
+    dynamic_regularisation_max_scale: float = 2.0       # upper bound of the scale
     dynamic_regularisation_max_dropout: float = 0.6     # cap on any Dropout2d p
     dynamic_regularisation_max_noise_std: float = 0.2   # cap on any noise std
     lr_nudge_down: float = 0.9                          # lr factor when the val loss got worse

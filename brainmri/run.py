@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_run.ipynb #c004
 from __future__ import annotations
-import datetime, os, platform
+import datetime, json, os, platform
 from dataclasses import dataclass, field, fields, asdict
 from functools import partial
 from pathlib import Path
@@ -28,10 +28,10 @@ from .callbacks import MechanismConfig, default_callbacks
 from .evaluate import evaluate_run
 
 # %% auto #0
-__all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'TrainConfig', 'config_with_preset',
-           'default_run_dir', 'environment', 'start_run', 'is_store', 'get_store', 'use_gpu_data', 'augment_config',
-           'build_data', 'build_model', 'recipe_callbacks', 'build_learner', 'run_training', 'list_runs', 'plot_runs',
-           'plot_history']
+__all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'TrainConfig', 'merge_params',
+           'config_with_preset', 'default_run_dir', 'environment', 'start_run', 'is_store', 'get_store', 'use_gpu_data',
+           'augment_config', 'build_data', 'build_model', 'recipe_callbacks', 'build_learner', 'run_training',
+           'list_runs', 'plot_runs', 'plot_history']
 
 # %% ../nbs/10_run.ipynb #c006
 AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
@@ -52,60 +52,60 @@ class TrainConfig:
     test_frac: float = 0.15             # fraction of groups held out for the test report
     cache: bool = True                  # keep the training images in RAM (else read the memory map)
     # run
-    run_dir: str | None = None          # default: runs/<date>-<time>
+    run_dir: str | None = None          # the run folder (default: runs/<date>-<time>)
     overwrite: bool = False             # allow writing into an existing, non-empty run folder
     resume: bool = False                # continue the run in run_dir from its last.pt
-    seed: int = 0
+    seed: int = 0                       # seed of the splits, the initial weights, the batch order and the augmentation
     device: str = 'auto'                # auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps
     # optimisation
-    epochs: int = 60
-    batch_size: int = 32
+    epochs: int = 60                    # epochs to train (early stopping may end sooner)
+    batch_size: int = 32                # images per micro-batch (validation uses twice as many)
     lr: float = 1e-2                    # peak of the composite schedule
     wd: float = 5e-4                    # AdamW weight decay
     grad_accum: int = 4                 # micro-batches per optimizer step
     amp: str = 'auto'                   # auto (bf16 where supported, else fp16 on CUDA; off on CPU), bf16, fp16, none
     workers: int = 4                    # DataLoader workers (CPU data path)
     loss: str = 'ce'                    # ce (class-weighted cross-entropy) or focal
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0        # label smoothing of the loss
     balance_beta: float = 0.999         # effective-number class weights (Cui et al. 2019)
     weighted_sampler: bool = True       # also draw classes evenly (WeightedRandomSampler)
     head: str = 'adapter'               # adapter or concat
     dropouts: tuple = (0.1, 0.2, 0.3)   # Dropout2d p of the ConvBlocks of block 1, 2, 3
     noise_std: float = 0.02             # std of the train-only Gaussian noise in every ConvBlock
     # speed
-    channels_last: bool | None = None   # None: on for CUDA
+    channels_last: bool | None = None   # channels-last memory format (default: auto, on for CUDA)
     compile: bool = False               # torch.compile, falling back to eager if it fails
     gpu_data: str = 'auto'              # auto (on for CUDA), on, off: images on the device, augmented there
-    # adaptive mechanisms: one switch each, and their main parameters
+    # adaptive mechanisms: one switch each, and their main milestones
     scale_milestones: bool = True       # stretch the 60-epoch milestones to `epochs`
-    progressive_unfreeze: bool = True
-    open_block2_at: int = 15
-    allow_block3: bool = False
-    open_block3_at: int = 30
-    mixup: bool = True
-    mixup_alpha: float = 0.2
-    mixup_end: int = 15
-    swa: bool = False
-    swa_start: int = 45
-    swa_lr: float = 5e-4
-    early_stopping: bool = True
-    patience: int = 18
-    rollback: bool = True
-    max_rollbacks: int = 10
-    rollback_cooldown: int = 5
-    class_penalty: bool = True
-    class_penalty_start: int = 30
-    dynamic_regularisation: bool = True
-    dynamic_augmentation: bool = True
-    aug_boundaries: tuple = (10, 40)
-    lr_nudge: bool = True
+    progressive_unfreeze: bool = True   # open the model's blocks one at a time
+    open_block2_at: int = 15            # epoch at which block 2 is forced open
+    allow_block3: bool = False          # let progressive unfreezing open block 3 too ...
+    open_block3_at: int = 30            # ... at this epoch
+    mixup: bool = True                  # mixup on training batches
+    mixup_alpha: float = 0.2            # Beta(alpha, alpha) of mixup at epoch 0
+    mixup_end: int = 15                 # epoch at which mixup's alpha has decayed linearly to 0
+    swa: bool = False                   # stochastic weight averaging (swa.pt, evaluated beside best.pt)
+    swa_start: int = 45                 # first epoch averaged by SWA
+    swa_lr: float = 5e-4                # the rate SWALR anneals to and holds
+    early_stopping: bool = True         # stop when validation accuracy stalls, keep the best epoch
+    patience: int = 18                  # epochs without a better validation accuracy before stopping
+    rollback: bool = True               # go back to the last good state when validation gets worse
+    max_rollbacks: int = 10             # at most this many rollbacks in a run
+    rollback_cooldown: int = 5          # epochs after a rollback in which no other follows
+    class_penalty: bool = True          # move class weights from the per-class train–val gap
+    class_penalty_start: int = 30       # first epoch that adjusts class weights
+    dynamic_regularisation: bool = True # raise or lower dropout and noise from the train–val gap
+    dynamic_augmentation: bool = True   # switch the augmentation phase by epoch
+    aug_boundaries: tuple = (10, 40)    # epochs at which augmentation turns mild, then minimal
+    lr_nudge: bool = True               # nudge the learning rate from the validation loss each epoch
     # groups: a dict (or JSON text) of the values that differ from the group's defaults
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)       # LR plan: phase epochs, floors, plateau, warm-up, OneCycle shape
     mechanisms: MechanismConfig = field(default_factory=MechanismConfig)   # thresholds, factors and bounds of the mechanisms
     # evaluation
-    evaluate: bool = True
-    tta: bool = False
-    n_boot: int = 1000
+    evaluate: bool = True               # evaluate the best (and SWA) checkpoint on the test split after training
+    tta: bool = False                   # test-time augmentation (flipped views) in the evaluation
+    n_boot: int = 1000                  # bootstrap resamples over groups for the confidence intervals
 
     def __post_init__(self): self.validate()
 
@@ -163,10 +163,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     'sample': dict(img_size=64, prep_size=128, epochs=10, batch_size=16, grad_accum=1, workers=2, n_boot=300),
 }
 
+def merge_params(*layers: dict) -> dict:
+    "Parameters of later `layers` over earlier ones; a group (`schedule`, `mechanisms`, ...) given as dicts merges key by key."
+    out = {}
+    for layer in layers:
+        for k, v in layer.items():
+            if isinstance(v, dict) and k in out:
+                base = out[k]
+                base = asdict(base) if hasattr(base, '__dataclass_fields__') else json.loads(base) if isinstance(base, str) else base
+                if isinstance(base, dict): v = {**base, **v}
+            out[k] = v
+    return out
+
 def config_with_preset(preset: str = 'default', **params) -> TrainConfig:
     "A TrainConfig from preset `preset` and then `params` (the error names an unknown preset)."
     if preset not in PRESETS: raise BrainMRIError(f"preset={preset!r} is not a preset: choose one of {', '.join(PRESETS)}")
-    return TrainConfig(**{**PRESETS[preset], **params})
+    return TrainConfig(**merge_params(PRESETS[preset], params))
 
 # %% ../nbs/10_run.ipynb #c012
 def default_run_dir(root: str | os.PathLike = 'runs') -> Path:
