@@ -9,7 +9,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from fastcore.basics import patch
@@ -19,9 +18,8 @@ from torch.utils.data import DataLoader
 from .core import (BrainMRIError, atomic_write, check_int, check_number, console, get_device, is_main_process, log,
                    nan_to_none, save_json, to_plain)
 from .metrics import confusion_metrics, confusion_update
-from .distributed import (all_reduce, broadcast_buffers, distribute_loader, gather_ordered, init_distributed,
-                          seed_loader_epoch)
-from .checkpoint import (load_checkpoint, restore_state, resume_from_checkpoint, save_checkpoint, snapshot_state)
+from . import checkpoint, distributed
+from .distributed import broadcast_buffers, distribute_loader, gather_ordered, init_distributed, seed_loader_epoch
 from .schedule import extend_schedulers
 
 # %% auto #0
@@ -180,7 +178,7 @@ class Learner:
 def fit(self: Learner, n_epochs: int, resume: bool = False) -> list[dict]:
     "Train until epoch `n_epochs`; with `resume`, continue from run_dir/last.pt when it exists. Returns the history."
     self.n_epochs = check_int(n_epochs, 'n_epochs', lo=0)
-    self._start_epoch = resume_from_checkpoint(self) if resume else 0
+    self._start_epoch = checkpoint.resume_from_checkpoint(self) if resume else 0
     self._with_events(self._do_fit, 'fit', CancelFitException, on_cancel=_log_stop, final='cleanup_fit')
     return self.history
 
@@ -317,7 +315,7 @@ def wrap_model(self: Learner) -> None:
 @patch
 def all_reduce(self: Learner, t: torch.Tensor) -> torch.Tensor:
     "Sum `t` over the ranks when training is distributed (in place); returns `t`."
-    return all_reduce(t) if self.distributed else t
+    return distributed.all_reduce(t) if self.distributed else t
 
 # %% ../nbs/05_learner.ipynb #c020
 @patch
@@ -402,22 +400,22 @@ def log_action(self: Learner, source: str, what: str, why: str) -> dict:
 @patch
 def snapshot(self: Learner) -> dict:
     "An in-memory deep copy of model, optimizer, schedule, scaler, loss and callback states (for rollback)."
-    return snapshot_state(self)
+    return checkpoint.snapshot_state(self)
 
 @patch
 def restore(self: Learner, snap: dict, skip_cbs: Iterable[str] = ()) -> None:
     "Return to `snap` (from `snapshot`); callbacks named in `skip_cbs` keep their current state."
-    restore_state(self, snap, skip_cbs)
+    checkpoint.restore_state(self, snap, skip_cbs)
 
 @patch
 def save_checkpoint(self: Learner, name: str = 'last') -> Path:
     "Write run_dir/`name`.pt atomically (rank 0 only): see `brainmri.checkpoint.save_checkpoint`."
-    return save_checkpoint(self, name)
+    return checkpoint.save_checkpoint(self, name)
 
 @patch
 def load_checkpoint(self: Learner, path_or_name='last', weights_only: bool = False) -> dict:
     "Load a checkpoint: everything, or with `weights_only` the model alone (see `brainmri.checkpoint.load_checkpoint`)."
-    return load_checkpoint(self, path_or_name, weights_only)
+    return checkpoint.load_checkpoint(self, path_or_name, weights_only)
 
 # %% ../nbs/05_learner.ipynb #c024
 class Recorder(Callback):

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .core import (BrainMRIError, check_bool, check_channels, check_choice, check_int, check_number, check_path,
-                           config_group, get_device, is_main_process, load_json, log, sample_data_dir, save_json, seed_everything)
+                           config_group, get_device, is_main_process, load_json, log, save_json, seed_everything)
 from .data import (CustomTumorDataset, PreparedStore, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
 from .augment import AugmentConfig, PhaseTransform, eval_transform

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_schedule.ipynb #c004
 from __future__ import annotations
-import dataclasses, inspect, math, numbers
+import dataclasses, inspect, math
 from typing import Callable, Mapping, Sequence
 
 import torch
