@@ -418,7 +418,7 @@ class Rollback(AdaptiveCallback):
         self.act(f'rolled back to {where} (rollback {self.n_rollbacks}/{self.max_rollbacks})', why)
 
     def on_rollback_request(self, reason: str) -> bool:
-        "Answer the learner's request (the NaN guard's): restore the last good state now, if one exists and the limit allows."
+        "Answer NaNGuard's request: restore the last good state now, if one exists and the limit allows."
         if self.snap is None or self.n_rollbacks >= self.max_rollbacks: return False
         self._rollback(f'{reason} (rollback requested)')
         return True

@@ -71,7 +71,8 @@ def _show(v) -> str:
     "A default as the user would type it."
     if isinstance(v, bool): return 'on' if v else 'off'
     if isinstance(v, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v): return ' '.join(map(str, v))
-    if isinstance(v, (tuple, list, dict)): return json.dumps(v)
+    if isinstance(v, (tuple, list, dict)):   # nested dataclasses (a group's sub-records) as their fields
+        return json.dumps(v, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o))
     return str(v)
 
 def _add_option(grp, opt: str, f: dataclasses.Field, default, helptext: str) -> None:

@@ -417,7 +417,7 @@ def load_checkpoint(self: Learner, path_or_name='last', weights_only: bool = Fal
     "Load a checkpoint: everything, or with `weights_only` the model alone (see `brainmri.checkpoint.load_checkpoint`)."
     return checkpoint.load_checkpoint(self, path_or_name, weights_only)
 
-# %% ../nbs/05_learner.ipynb #c024
+# %% ../nbs/05_learner.ipynb #c025
 class Recorder(Callback):
     "Train metrics from an on-device confusion matrix; `learn.best_metric`; history.json/.csv written atomically each epoch."
     order = 90
@@ -473,6 +473,7 @@ class Recorder(Callback):
         with atomic_write(l.run_dir / 'history.csv', 'w') as fh:
             w = csv.DictWriter(fh, fieldnames=cols); w.writeheader(); w.writerows(flat)
 
+# %% ../nbs/05_learner.ipynb #c027
 class ProgressCallback(Callback):
     "Live progress bar over the training batches and a coloured line per epoch (rank 0 only)."
     order = 80
@@ -518,6 +519,7 @@ class ProgressCallback(Callback):
     def _stop(self):
         if self._prog is not None: self._prog.stop(); self._prog = None
 
+# %% ../nbs/05_learner.ipynb #c029
 class LRScheduleCallback(Callback):
     "Drive `learn.lr_schedule`: `step_batch()` after every optimizer step, `step_epoch(epoch, val_loss)` after validation."
     order = -20
@@ -528,6 +530,7 @@ class LRScheduleCallback(Callback):
         s, m = self.learn.lr_schedule, self.learn.metrics
         if s is not None: s.step_epoch(self.learn.epoch, m.get('val_loss', m.get('train_loss')))
 
+# %% ../nbs/05_learner.ipynb #c031
 class CheckpointCallback(Callback):
     "Save run_dir/last.pt every epoch and run_dir/best.pt when validation accuracy is the best so far."
     order = 95
@@ -537,6 +540,7 @@ class CheckpointCallback(Callback):
         if l.metrics.get('is_best'): l.save_checkpoint('best')
         l.save_checkpoint('last')
 
+# %% ../nbs/05_learner.ipynb #c033
 class GPUMemoryCallback(Callback):
     "Between epochs on CUDA: `gc.collect()` and `torch.cuda.empty_cache()` (fragmentation from changing shapes, freed snapshots)."
     order = 99
@@ -544,6 +548,7 @@ class GPUMemoryCallback(Callback):
         if self.learn.device.type != 'cuda': return
         gc.collect(); torch.cuda.empty_cache()
 
+# %% ../nbs/05_learner.ipynb #c035
 class BatchNormRecalibration(Callback):
     "Before validation, recompute BatchNorm running statistics from the last `n_batches` training batches under the current weights."
     order, name = 70, 'bn_recalibration'
@@ -575,6 +580,7 @@ class BatchNormRecalibration(Callback):
             for m in norms: broadcast_buffers(m)
         self._batches.clear()
 
+# %% ../nbs/05_learner.ipynb #c037
 class NaNGuard(Callback):
     "Skip optimizer steps whose loss was NaN/inf (counted in `learn.nan_steps`); after `max_steps` in a row ask for a rollback, else stop."
     order, name = -30, 'nan_guard'

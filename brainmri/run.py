@@ -132,6 +132,10 @@ class TrainConfig:
         for name in ('cache', 'overwrite', 'resume', 'compile', 'scale_milestones', 'allow_block3', 'evaluate', 'tta', 'weighted_sampler', *MECHANISMS):
             check_bool(getattr(self, name), name)
         check_bool(self.channels_last, 'channels_last', allow_none=True)
+        for name in ('aug_boundaries', 'dropouts'):   # papermill passes a list as its JSON text
+            if isinstance(getattr(self, name), str):
+                try: setattr(self, name, json.loads(getattr(self, name)))
+                except json.JSONDecodeError: raise BrainMRIError(f'{name}={getattr(self, name)!r} is not a JSON list') from None
         b = tuple(self.aug_boundaries) if isinstance(self.aug_boundaries, (list, tuple)) else None
         if b is None or len(b) != 2 or not all(isinstance(x, (int, np.integer)) for x in b) or not 0 <= b[0] <= b[1]:
             raise BrainMRIError(f'aug_boundaries={self.aug_boundaries!r} must be two epochs in order, e.g. (10, 40)')
