@@ -15,8 +15,8 @@
 #   3. the ablations that compile new graphs (channels_last off, fp16, fp32) at depth 2;
 #   4. a full run with compile=True.
 # Results land in $OUT (at most 8 files come back): session.log and one JSON per step. Back here:
-#   python bench/train_throughput.py --render <files_at>/throughput.json <files_at>/ablations2.json
-#   python bench/train_throughput.py --render <files_at>/full_run*.json --title "<card>: full runs"
+#   python bench/render.py <files_at>/throughput.json <files_at>/ablations2.json
+#   python bench/render.py <files_at>/full_run*.json --title "<card>: full runs"
 # rewrite this card's block in docs/benchmarks.md ("## Training throughput").
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,15 +51,17 @@ EOF
 
 DATA=.gpudata/figshare-jpg; [ -d "$DATA" ] || { echo "no $DATA: using data/sample"; DATA=data/sample; }
 python3 -c "from brainmri.data import prepare; prepare('$DATA', '/tmp/store', size=256)" || exit 1
-B="python3 bench/train_throughput.py --device cuda --data /tmp/store --no-write --quiet-fit --max-seconds 40"
+C="--device cuda --data /tmp/store --quiet-fit --max-seconds 40"
 
 echo "== 1. table and cheap ablations ($(left)s left)"
-$B --depths 1 2 --sync-audit --ablations compile cudnn_benchmark loader eval_every fused recipe tensor_reg --json "$OUT/throughput.json" --deadline $(( $(left) - 150 ))
+python3 bench/throughput.py $C --depths 1 2 --sync-audit --ablations compile cudnn_benchmark loader eval_every fused recipe \
+  --json "$OUT/throughput.json" --deadline $(( $(left) - 150 ))
 echo "== 2. full default run ($(left)s left)"
-[ "$(left)" -gt 100 ] && $B --full-run --full-run-configs default --json "$OUT/full_run.json" --deadline 30
+[ "$(left)" -gt 100 ] && python3 bench/full_run.py $C --configs default --json "$OUT/full_run.json" --deadline 30
 echo "== 3. ablations with new graphs ($(left)s left)"
-[ "$(left)" -gt 90 ] && $B --no-main --depths 2 --ablations dynreg channels_last amp --json "$OUT/ablations2.json" --deadline $(( $(left) - 20 ))
+[ "$(left)" -gt 90 ] && python3 bench/throughput.py $C --no-main --ablation-depth 2 --ablations dynreg channels_last amp \
+  --json "$OUT/ablations2.json" --deadline $(( $(left) - 20 ))
 echo "== 4. full run with compile ($(left)s left)"
-[ "$(left)" -gt 110 ] && $B --full-run --full-run-configs compile=True --json "$OUT/full_run_compile.json" --deadline 30
+[ "$(left)" -gt 110 ] && python3 bench/full_run.py $C --configs compile=True --json "$OUT/full_run_compile.json" --deadline 30
 echo "== done in $(( $(date +%s) - START ))s"
 ls -la "$OUT"

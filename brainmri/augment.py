@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
 
-from .core import BrainMRIError, load_json, save_json
+from .core import BrainMRIError, check_int, load_json, save_json
 
 # %% auto #0
 __all__ = ['TRANSFORMS', 'TRANSFORM_TITLES', 'TRANSFORM_HINTS', 'AUGMENT_PATHS', 'PhaseParams', 'default_phases', 'AugmentConfig',
@@ -188,8 +188,7 @@ def _check_phase(phase) -> int:
 # %% ../nbs/02_augment.ipynb #c015
 def phase_for_epoch(epoch: int, cfg: AugmentConfig | None = None) -> int:
     "The augmentation phase (0 strong, 1 mild, 2 minimal) of `epoch` under `cfg`'s boundaries."
-    if not isinstance(epoch, (int, np.integer)) or isinstance(epoch, bool) or epoch < 0:
-        raise BrainMRIError(f"epoch={epoch!r} must be a non-negative integer")
+    check_int(epoch, 'epoch', lo=0)
     b0, b1 = (cfg or AugmentConfig()).boundaries
     return 0 if epoch < b0 else 1 if epoch < b1 else 2
 
@@ -262,9 +261,7 @@ def _mix64(*values: int) -> int:
     return h
 
 def _check_seed(seed) -> int:
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise BrainMRIError(f"seed={seed!r} must be a non-negative integer")
-    return int(seed)
+    return check_int(seed, 'seed', lo=0)
 
 def _check_image(img) -> np.ndarray:
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_cli.ipynb #c004
 from __future__ import annotations
-import argparse, json, sys, textwrap
+import argparse, dataclasses, inspect, json, re, sys, textwrap
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,11 +12,11 @@ from typing import Callable, Sequence
 from fastcore.docments import docments
 
 from .core import BrainMRIError, atomic_write, load_json, log, console
-from .run import PRESETS, TrainConfig, config_with_preset, list_runs, plot_runs, run_training
+from .run import PRESETS, TrainConfig, config_with_preset, list_runs, merge_params, plot_runs, run_training
 
 # %% auto #0
-__all__ = ['run_command', 'train_parser', 'train_config_from_args', 'train_cli', 'evaluate_cli', 'predict_cli', 'runs_table',
-           'runs_cli']
+__all__ = ['run_command', 'HelpFormatter', 'train_parser', 'train_config_from_args', 'train_cli', 'evaluate_cli', 'predict_cli',
+           'runs_table', 'runs_cli']
 
 # %% ../nbs/11_cli.ipynb #c005
 def run_command(fn: Callable[[], object]) -> int:
@@ -28,15 +28,12 @@ def run_command(fn: Callable[[], object]) -> int:
         log('interrupted', 'bad'); sys.exit(130)
     return 0
 
-def _field_type(f):
-    "The scalar type argparse should convert a TrainConfig field's text to."
-    t = f.type if not isinstance(f.type, str) else f.type.replace(' ', '')
-    if t in (bool, 'bool'): return bool
-    if t in (int, 'int'): return int
-    if t in (float, 'float'): return float
-    if t in ('bool|None',): return 'optbool'
-    if t == 'tuple': return 'ints'
-    return str
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    "Help lines end with the option's default, unless it is None or a flag's False (those say nothing)."
+    def _get_help_string(self, action):
+        h = action.help or ''
+        if action.default in (None, False, argparse.SUPPRESS) or '(default' in h or not action.option_strings: return h
+        return f'{h} (default: {action.default})'
 
 def _optbool(s: str):
     v = s.strip().lower()
@@ -45,19 +42,87 @@ def _optbool(s: str):
     if v in ('0', 'false', 'no', 'off'): return False
     raise argparse.ArgumentTypeError(f'{s!r}: use on, off or auto')
 
+def _number_or_none(s: str):
+    if s.strip().lower() == 'none': return None
+    try: return float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f'{s!r}: use a number or none') from None
+
+def _json_value(s: str):
+    try: return json.loads(s)
+    except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f'{s!r} is not JSON: {e}') from None
+
+def _json_object(s: str) -> dict:
+    v = _json_value(s)
+    if not isinstance(v, dict): raise argparse.ArgumentTypeError(f'{s!r} is not a JSON object')
+    return v
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+def _sections(cls) -> dict[str, str]:
+    "Field name → the comment line above its run of fields in `cls`'s source (`# data` → 'data')."
+    out, section = {}, ''
+    for line in inspect.getsource(cls).splitlines():
+        if m := re.match(r'\s+# (.+)$', line): section = m.group(1).split(':')[0]
+        elif m := re.match(r'\s+(\w+):', line): out.setdefault(m.group(1), section)
+    return out
+
+def _show(v) -> str:
+    "A default as the user would type it."
+    if isinstance(v, bool): return 'on' if v else 'off'
+    if isinstance(v, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v): return ' '.join(map(str, v))
+    if isinstance(v, (tuple, list, dict)):   # nested dataclasses (a group's sub-records) as their fields
+        return json.dumps(v, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o))
+    return str(v)
+
+def _add_option(grp, opt: str, f: dataclasses.Field, default, helptext: str) -> None:
+    "One option for field `f`, converting the text to the field's type."
+    t = str(f.type).replace(' ', '')
+    if isinstance(default, bool) or t == 'bool': grp.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+    elif t == 'bool|None': grp.add_argument(opt, type=_optbool, default=None, metavar='on|off|auto', help=helptext)
+    elif isinstance(default, tuple) and default and all(type(x) in (int, float) for x in default):
+        grp.add_argument(opt, type=type(default[0]), nargs='+', default=None, metavar='N', help=helptext)
+    elif t in ('int', 'float', 'str', 'str|None'):
+        grp.add_argument(opt, type={'int': int, 'float': float}.get(t, str), default=None, metavar={'int': 'N', 'float': 'X'}.get(t, 'TEXT'), help=helptext)
+    elif t == 'float|None': grp.add_argument(opt, type=_number_or_none, default=None, metavar='NUMBER|none', help=helptext)
+    else: grp.add_argument(opt, type=_json_value, default=None, metavar='JSON', help=helptext)
+
+def _help(doc: str | None, default, presets: dict) -> str:
+    "`doc` with the real default (unless `doc` already says it) and what each preset sets instead."
+    doc, notes = doc or '', [f'preset {name}: {_show(v)}' for name, v in presets.items()]
+    if not (default is None and 'default' in doc): notes.insert(0, f'default: {_show(default) if default is not None else "none"}')
+    return f"{doc} ({'; '.join(notes)})" if notes else doc
+
+def _group_presets(name: str, group: str | None = None) -> dict:
+    "The presets that set field `name` (of group `group`), with their values."
+    out = {}
+    for preset, params in PRESETS.items():
+        src = params.get(group, {}) if group else params
+        if isinstance(src, dict) and name in src: out[preset] = src[name]
+    return out
+
 def train_parser() -> argparse.ArgumentParser:
-    "brainmri_train's parser: one option per TrainConfig field, plus --preset and --config."
-    p = argparse.ArgumentParser(prog='brainmri_train', description='Prepare (if needed), train and evaluate one run.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--preset', default='default', choices=list(PRESETS), help='a named set of overrides (sample: the quick start)')
-    p.add_argument('--config', default=None, help="a JSON file of parameters (e.g. another run's params.json)")
-    helps = docments(TrainConfig, full=False)
+    "brainmri_train's parser: one option per TrainConfig field (dotted options for a group's fields), plus --preset and --config."
+    presets = '\n'.join(f'  {k}: ' + (', '.join(f'{n}={_show(v)}' for n, v in ps.items()) or 'the defaults') for k, ps in PRESETS.items())
+    p = argparse.ArgumentParser(prog='brainmri_train', formatter_class=HelpFormatter, usage='%(prog)s [options]',
+                                description='Prepare the data (if needed), train and evaluate one run.',
+                                epilog=f'presets (--preset NAME):\n{presets}\n\nLater sources win: preset, then --config, then the options.')
+    p.add_argument('--preset', default='default', choices=list(PRESETS), help='a named set of overrides (listed below)')
+    p.add_argument('--config', default=None, metavar='JSON_FILE', help="a JSON file of parameters, e.g. another run's params.json (its run_dir is ignored)")
+    helps, sections, groups = docments(TrainConfig, full=False), _sections(TrainConfig), {}
     for f in fields(TrainConfig):
-        opt, kind, h = '--' + f.name.replace('_', '-'), _field_type(f), helps.get(f.name) or ''
-        if kind is bool: p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=h)
-        elif kind == 'optbool': p.add_argument(opt, type=_optbool, default=None, metavar='on|off|auto', help=h)
-        elif kind == 'ints': p.add_argument(opt, type=int, nargs='+', default=None, help=h)
-        else: p.add_argument(opt, type=kind, default=None, help=h)
+        default, opt = _default(f), '--' + f.name.replace('_', '-')
+        if dataclasses.is_dataclass(default):
+            grp = p.add_argument_group(f'{f.name} ({type(default).__name__})', f"{helps.get(f.name) or ''}; also as a whole: --{f.name} JSON_OBJECT")
+            grp.add_argument(opt, type=_json_object, default=None, metavar='JSON_OBJECT', help=f'values of {type(default).__name__} that differ, as a JSON object')
+            sub_helps = docments(type(default), full=False)
+            for g in fields(default):
+                _add_option(grp, f'--{f.name}.{g.name.replace("_", "-")}', g, _default(g),
+                            _help(sub_helps.get(g.name), _default(g), _group_presets(g.name, f.name)))
+            continue
+        sec = sections.get(f.name, '')
+        if sec not in groups: groups[sec] = p.add_argument_group(sec or 'options')
+        _add_option(groups[sec], opt, f, default, _help(helps.get(f.name), default, _group_presets(f.name)))
     return p
 
 def train_config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -69,7 +134,12 @@ def train_config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     if config:
         base = {k: v for k, v in load_json(config).items() if k in names}
         base.pop('run_dir', None)  # a copied params.json must not write into the run it came from
-    return config_with_preset(preset, **{**base, **{k: v for k, v in a.items() if v is not None}})
+    given = {k: v for k, v in a.items() if v is not None and '.' not in k}
+    for k, v in a.items():   # dotted options over the group's JSON object
+        if v is not None and '.' in k:
+            group, name = k.split('.', 1)
+            given[group] = {**given.get(group, {}), name: v}
+    return config_with_preset(preset, **merge_params(base, given))
 
 def train_cli(argv: Sequence[str] | None = None) -> int:
     "Console entry `brainmri_train`."
@@ -78,13 +148,17 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
 # %% ../nbs/11_cli.ipynb #c008
 def evaluate_cli(argv: Sequence[str] | None = None) -> int:
     "Console entry `brainmri_evaluate RUN_DIR`."
-    p = argparse.ArgumentParser(prog='brainmri_evaluate', description="Evaluate a run's best (and SWA) checkpoint: "
-                                "calibration, test report with group bootstrap, Grad-CAM and the shortcut audit.")
-    p.add_argument('run_dir'); p.add_argument('--data-dir', default=None, help="prepared store (default: the run's)")
+    p = argparse.ArgumentParser(prog='brainmri_evaluate', formatter_class=HelpFormatter,
+                                description="Evaluate a run's best (and SWA) checkpoint: calibration, test report with group "
+                                            "bootstrap, Grad-CAM and the shortcut audit; writes RUN_DIR/metrics.json and plots.")
+    p.add_argument('run_dir', help='the run folder (holds best.pt, params.json)')
+    p.add_argument('--data-dir', default=None, help="the prepared store to evaluate on (default: the run's own, from params.json)")
     p.add_argument('--split', default='test', choices=['test', 'val', 'train', 'all'],
-                   help="'all': every image of another store (--data-dir) whose class the model knows, reported in RUN_DIR/external/<store>/")
-    p.add_argument('--tta', action='store_true', help='average over flipped views')
-    p.add_argument('--n-boot', type=int, default=1000); p.add_argument('--device', default='auto')
+                   help="the group split to report on; 'all': every image of another store (--data-dir) whose class the "
+                        "model knows, reported in RUN_DIR/external/<store>/")
+    p.add_argument('--tta', action='store_true', help='average the predictions over flipped views (default: off)')
+    p.add_argument('--n-boot', type=int, default=1000, metavar='N', help='bootstrap resamples over groups for the confidence intervals')
+    p.add_argument('--device', default='auto', help='auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps')
     a = p.parse_args(argv)
     from brainmri.evaluate import evaluate_run
     def go():
@@ -98,10 +172,10 @@ def evaluate_cli(argv: Sequence[str] | None = None) -> int:
 
 def predict_cli(argv: Sequence[str] | None = None) -> int:
     "Console entry `brainmri_predict CHECKPOINT IMAGE...`."
-    p = argparse.ArgumentParser(prog='brainmri_predict', description='Classify images with calibrated probabilities.')
+    p = argparse.ArgumentParser(prog='brainmri_predict', description='Classify images with calibrated probabilities.', formatter_class=HelpFormatter)
     p.add_argument('checkpoint'); p.add_argument('images', nargs='+')
     p.add_argument('--cam-dir', default=None, help='write a Grad-CAM overlay PNG per image here')
-    p.add_argument('--tta', action='store_true'); p.add_argument('--device', default='auto')
+    p.add_argument('--tta', action='store_true', help='average over flipped views (default: off)'); p.add_argument('--device', default='auto', help='auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps')
     p.add_argument('--json', action='store_true', help='print JSON lines instead of a table')
     a = p.parse_args(argv)
     from brainmri.evaluate import predict_images
@@ -139,8 +213,10 @@ def runs_table(df, width: int = 120) -> str:
 def runs_cli(argv: Sequence[str] | None = None) -> int:
     "Console entry `brainmri_runs [ROOT]`: the table of runs (with 95% intervals), optionally every column as CSV or the curves as a PNG."
     p = argparse.ArgumentParser(prog='brainmri_runs', description='List the runs under a folder with their key test metrics and '
-                                'group-bootstrap 95%% intervals (relative folders are read from the project folder).')
-    p.add_argument('root', nargs='?', default='runs'); p.add_argument('--plot', default=None, help='save the curves to this PNG')
+                                'group-bootstrap 95%% intervals (relative folders are read from the project folder).',
+                                formatter_class=HelpFormatter)
+    p.add_argument('root', nargs='?', default='runs', help='the folder holding the run folders (default: runs)')
+    p.add_argument('--plot', default=None, metavar='PNG', help="save the runs' validation curves to this PNG")
     p.add_argument('--csv', default=None, help='write every column (parameters included) to this CSV file')
     p.add_argument('--width', type=int, default=120, help='widest line of the table')
     a = p.parse_args(argv)

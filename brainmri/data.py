@@ -17,11 +17,11 @@ import torch
 from fastcore.script import anno_parser
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from .core import (BrainMRIError, atomic_dir, atomic_write, check_path, load_json, log,
+from .core import (IMAGE_SUFFIXES, BrainMRIError, check_channels, check_indices, check_int, atomic_dir, atomic_write, check_path, load_json, log,
                            make_generator, progress, repo_root, sample_data_dir, save_json, seed_worker)
 
 # %% auto #0
-__all__ = ['CLASSES', 'NO_TUMOUR', 'FIGSHARE_LABELS', 'FORMAT_VERSION', 'IMAGE_EXTS', 'JUNK_FILES', 'BOX_COLS', 'KAGGLE_SPLITS',
+__all__ = ['CLASSES', 'NO_TUMOUR', 'FIGSHARE_LABELS', 'FORMAT_VERSION', 'JUNK_FILES', 'BOX_COLS', 'KAGGLE_SPLITS',
            'canonical_class', 'class_from_name', 'check_classes', 'window_uint8', 'to_square_uint8', 'resize_mask',
            'box_from_mask', 'write_figshare_mat', 'write_cvind_mat', 'read_figshare_mat', 'read_cvind', 'detect_format',
            'decode_image', 'source_fingerprint', 'prepare', 'PreparedStore', 'load_store', 'store_tensor',
@@ -34,7 +34,6 @@ CLASSES = ('glioma', 'meningioma', 'pituitary')   # the figshare release's class
 NO_TUMOUR = 'notumor'   # the class of images without a tumour (the Kaggle release's spelling)
 FIGSHARE_LABELS = {1: 'meningioma', 2: 'glioma', 3: 'pituitary'}
 FORMAT_VERSION = 1
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 # Files that operating systems and our own exports leave in folders: never an error.
 JUNK_FILES = ('.ds_store', 'thumbs.db', 'desktop.ini', 'manifest.csv')
 BOX_COLS = ('box_xc', 'box_yc', 'box_w', 'box_h')
@@ -303,18 +302,18 @@ def _list_folders(src: Path, fmt: str, classes: Sequence[str] | None = None) -> 
     from_folders = classes is None and man is None   # then an empty folder is not a class, only an empty folder
     if classes is None:
         names = (man.label if man is not None else
-                 [p.name for p, _, files in folders if any(f.suffix.lower() in IMAGE_EXTS for f in files)])
+                 [p.name for p, _, files in folders if any(f.suffix.lower() in IMAGE_SUFFIXES for f in files)])
         classes = tuple(sorted({canonical_class(n) for n in names}))
     allowed = ', '.join(classes)
     on_disk: dict[str, tuple[str, str | None]] = {}   # relative path -> (class, split)
     for p, split, files in folders:
         rel = p.relative_to(src).as_posix()
         cls = class_from_name(p.name, classes)
-        imgs = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+        imgs = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         if cls is None and (imgs or not from_folders):
             bad.append((rel + '/', f'unknown label {p.name!r}: class folders must be {allowed}')); continue
         for f in files:
-            if f.suffix.lower() not in IMAGE_EXTS: bad.append((f.relative_to(src).as_posix(), 'not an image (jpg/png)'))
+            if f.suffix.lower() not in IMAGE_SUFFIXES: bad.append((f.relative_to(src).as_posix(), 'not an image (jpg/png)'))
         if not imgs: bad.append((rel + '/', 'class folder holds no images')); continue
         for f in imgs: on_disk[f.relative_to(src).as_posix()] = (cls, split)
     if man is None:
@@ -420,8 +419,7 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, sk
     src = check_path(src, 'src'); dest = Path(dest).expanduser()
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 8 <= size <= 4096:
         raise BrainMRIError(f"size={size!r} must be a whole number of pixels from 8 to 4096")
-    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
-        raise BrainMRIError(f"workers={workers!r} must be a positive integer")
+    check_int(workers, 'workers', lo=1, allow_none=True)
     t0 = time.perf_counter()
     fmt = detect_format(src)
     classes = check_classes(classes)
@@ -612,10 +610,7 @@ class CustomTumorDataset(Dataset):
     def __init__(self, store: str | os.PathLike | PreparedStore, indices: Sequence[int] | None = None,
                  transform: Callable[[np.ndarray, int], torch.Tensor] | None = None, channels: int = 1, cache: bool = False):
         self.store = load_store(store)
-        if channels not in (1, 3): raise BrainMRIError(f"channels={channels!r} must be 1 (grey) or 3 (grey repeated as RGB)")
-        idx = np.arange(len(self.store)) if indices is None else np.asarray(indices, np.int64).ravel()
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(self.store)):
-            raise BrainMRIError(f"indices must lie in 0..{len(self.store) - 1} (the store has {len(self.store)} images)")
+        channels, idx = check_channels(channels), check_indices(indices, len(self.store))
         self.indices, self.transform, self.channels = idx, transform, channels
         self.labels = self.store.labels[idx]
         self.classes = self.store.classes
@@ -743,7 +738,7 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 2
                 seed: int = 0, pin_memory: bool | None = None, persistent_workers: bool | None = None,
                 prefetch_factor: int | None = None) -> DataLoader:
     "A DataLoader: shuffled (or `sampler`) and drop_last when `train`, seeded, pinned on CUDA; no workers on Windows."
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1: raise BrainMRIError(f"batch_size={batch_size!r} must be a positive integer")
+    check_int(batch_size, 'batch_size', lo=1)
     if not isinstance(workers, (int, np.integer)) or workers < 0: raise BrainMRIError(f"workers={workers!r} must be an integer ≥ 0")
     if _is_windows():
         multiprocessing.freeze_support()
@@ -799,8 +794,7 @@ def make_sample(src: str | os.PathLike, dest: str | os.PathLike, slices_per_clas
     man = _read_manifest(check_path(src / 'manifest.csv', 'manifest'))
     rng = np.random.default_rng(seed)
     if per_class is None:
-        if not isinstance(slices_per_class, (int, np.integer)) or slices_per_class < 1:
-            raise BrainMRIError(f"slices_per_class={slices_per_class!r} must be a positive integer")
+        check_int(slices_per_class, 'slices_per_class', lo=1)
         n_groups = man.groupby(man.label.map(class_from_name)).group.nunique()
         keep = []
         for _, g in man.groupby('group', sort=False):

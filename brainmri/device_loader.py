@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from .augment import AugmentConfig, GPUPhaseAugment
-from .core import BrainMRIError, get_device, make_generator
+from .core import BrainMRIError, check_channels, check_indices, check_int, get_device, make_generator
 from .data import PreparedStore, load_store, make_weighted_sampler, store_tensor
-from .learner import seed_loader_epoch
+from .distributed import pad_to_multiple, seed_loader_epoch, shard
 
 # %% auto #0
 __all__ = ['resize_normalize', 'DeviceDataset', 'DeviceLoader']
@@ -36,10 +36,7 @@ class DeviceDataset:
     def __init__(self, store: str | PreparedStore, indices: Sequence[int] | None = None, transform: GPUPhaseAugment | None = None,
                  cfg: AugmentConfig | None = None, channels: int = 1, device: str | torch.device = 'auto'):
         self.store = load_store(store)
-        if channels not in (1, 3): raise BrainMRIError(f"channels={channels!r} must be 1 (grey) or 3 (grey repeated as RGB)")
-        idx = np.arange(len(self.store)) if indices is None else np.asarray(indices, np.int64).ravel()
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(self.store)):
-            raise BrainMRIError(f"indices must lie in 0..{len(self.store) - 1} (the store has {len(self.store)} images)")
+        channels, idx = check_channels(channels), check_indices(indices, len(self.store))
         if transform is not None and not (callable(transform) and hasattr(transform, 'set_epoch')):
             raise BrainMRIError(f"transform must be a GPUPhaseAugment (a batch transform with set_epoch), got {type(transform).__name__}")
         cfg = cfg if cfg is not None else getattr(transform, 'cfg', None) or AugmentConfig()
@@ -90,10 +87,7 @@ class DeviceLoader:
                  train: bool = True, device: str | torch.device = 'auto', augment: AugmentConfig | GPUPhaseAugment | None = None,
                  seed: int = 0, balanced: bool | Sequence[float] = False, channels: int = 1, sampler: Sampler | None = None,
                  drop_last: bool | None = None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise BrainMRIError(f"batch_size={batch_size!r} must be a positive integer")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise BrainMRIError(f"seed={seed!r} must be a non-negative integer")
+        check_int(batch_size, 'batch_size', lo=1); check_int(seed, 'seed', lo=0)
         if augment is not None and not isinstance(augment, (AugmentConfig, GPUPhaseAugment)):
             raise BrainMRIError(f"augment must be an AugmentConfig or a GPUPhaseAugment, got {type(augment).__name__}")
         self.train, self.batch_size, self.seed = bool(train), int(batch_size), int(seed)
@@ -150,11 +144,8 @@ class DeviceLoader:
                 order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
                 if len(order) and (order.min() < 0 or order.max() >= n):
                     raise BrainMRIError(f"sampler drew index {int(order.max() if order.max() >= n else order.min())}, outside 0..{n - 1}")
-        if self.num_replicas > 1:
-            if self.train:   # pad to a multiple of the world size, as DistributedSampler does
-                total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
-                order = torch.cat([order, order[:total - len(order)]])
-            order = order[self.rank::self.num_replicas]
+        if self.num_replicas > 1:   # training pads to a multiple of the world size, as DistributedSampler does
+            order = shard(pad_to_multiple(order, self.num_replicas) if self.train else order, self.num_replicas, self.rank)
         return order, aug_seed
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -22,23 +22,23 @@ from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
                              roc_auc_score, roc_curve)
 
-from .core import (BrainMRIError, atomic_write, check_path, get_device, load_json, log, nan_to_none, save_json,
+from .core import (IMAGE_SUFFIXES, BrainMRIError, atomic_write, check_path, get_device, load_json, log, nan_to_none, save_json,
                            to_plain)
 from .data import (CLASSES, NO_TUMOUR, CustomTumorDataset, box_from_mask, canonical_class, decode_image, load_store,
                            make_loader, split_by_group, to_square_uint8)
 from .augment import AugmentConfig, eval_transform
 from .runfolder import SPLIT_FILE, load_split
 from .model import BasicCNNModel, create_model
-from .learner import _config_diff, confusion_metrics, confusion_update
+from .checkpoint import config_diff
+from .metrics import confusion_metrics, confusion_update
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'read_checkpoint', 'load_model_from_checkpoint', 'save_temperature', 'tta_views', 'predict_logits',
-           'reliability_bins', 'expected_calibration_error', 'group_bootstrap_indices', 'bootstrap_samples',
-           'classification_report_dict', 'calibrated_probs', 'temperature_nll', 'fit_temperature', 'grad_cam',
-           'cam_peaks', 'box_pixels', 'occlude', 'mirror_box', 'in_box', 'OccludedTransform', 'class_map',
-           'shortcut_audit', 'interpret_audit', 'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid',
-           'plot_audit', 'run_settings', 'evaluate_checkpoint', 'evaluate_run', 'evaluate_external', 'summary_table',
-           'predict_images']
+__all__ = ['read_checkpoint', 'load_model_from_checkpoint', 'save_temperature', 'tta_views', 'predict_logits', 'reliability_bins',
+           'expected_calibration_error', 'group_bootstrap_indices', 'bootstrap_samples', 'classification_report_dict',
+           'calibrated_probs', 'temperature_nll', 'fit_temperature', 'grad_cam', 'cam_peaks', 'box_pixels', 'occlude',
+           'mirror_box', 'in_box', 'OccludedTransform', 'class_map', 'shortcut_audit', 'interpret_audit',
+           'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid', 'plot_audit', 'run_settings',
+           'evaluate_checkpoint', 'evaluate_run', 'evaluate_external', 'summary_table', 'predict_images']
 
 # %% ../nbs/08_evaluate.ipynb #c007
 def _unwrap_state(state: dict) -> dict:
@@ -66,7 +66,7 @@ def load_model_from_checkpoint(path: str | os.PathLike, classes: Sequence[str] |
     cfg, ck_classes = dict(ckpt['model_config']), list(ckpt.get('classes') or CLASSES)
     if classes is not None and list(classes) != ck_classes:
         raise BrainMRIError(f"checkpoint={str(path)!r} was trained on classes {ck_classes}, not {list(classes)}")
-    if model_config is not None and (diff := _config_diff(to_plain(dict(model_config)), to_plain(cfg))):
+    if model_config is not None and (diff := config_diff(to_plain(dict(model_config)), to_plain(cfg))):
         raise BrainMRIError(f"checkpoint={str(path)!r} is another architecture: " +
                             ', '.join(f"{k}={cfg.get(k)!r} there, {model_config.get(k)!r} expected" for k in diff))
     if cfg.get('n_classes', len(ck_classes)) != len(ck_classes):
@@ -745,8 +745,6 @@ def summary_table(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient='index').round(3)
 
 # %% ../nbs/08_evaluate.ipynb #c062
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
-
 def _expand_paths(paths) -> list[Path]:
     if isinstance(paths, (str, os.PathLike)): paths = [paths]
     out = []

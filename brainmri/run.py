@@ -4,8 +4,8 @@
 
 # %% ../nbs/10_run.ipynb #c004
 from __future__ import annotations
-import datetime, os, platform, shutil
-from dataclasses import dataclass, fields, asdict
+import datetime, json, os, platform, shutil
+from dataclasses import dataclass, field, fields, asdict
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,25 +15,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (BrainMRIError, check_names, check_number, check_path, get_device, injected_parameters, is_main_process, load_json, log,
-                   sample_data_dir, save_json, seed_everything, to_plain)
+from .core import (BrainMRIError, check_bool, check_channels, check_choice, check_int, check_number, check_path,
+                           check_names, config_group, get_device, injected_parameters, is_main_process, load_json, log,
+                           save_json, seed_everything, to_plain)
 from .data import (CustomTumorDataset, PreparedStore, check_classes, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
 from .augment import AugmentConfig, PhaseTransform, eval_transform
 from .model import create_model
-from .schedule import CompositeLRSchedule
+from .schedule import ScheduleConfig
 from .losses import make_loss
 from .learner import Learner
-from .callbacks import default_callbacks
+from .callbacks import MechanismConfig, default_callbacks
 from .evaluate import evaluate_run
 from .runfolder import load_split, save_split
 
 # %% auto #0
 __all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'NOTEBOOK_PARAMETERS', 'TrainConfig',
-           'config_with_preset', 'config_from_notebook', 'default_run_dir', 'environment', 'start_run', 'is_store',
-           'get_store', 'use_gpu_data', 'augment_config', 'run_split', 'build_data', 'build_model', 'recipe_callbacks',
-           'build_learner', 'run_training', 'list_runs', 'latest_run', 'show', 'plot_runs', 'plot_history',
-           'print_actions', 'split_counts', 'plot_examples', 'describe_model', 'show_evaluation']
+           'merge_params', 'config_with_preset', 'config_from_notebook', 'default_run_dir', 'environment', 'start_run',
+           'is_store', 'get_store', 'use_gpu_data', 'augment_config', 'run_split', 'build_data', 'build_model',
+           'recipe_callbacks', 'build_learner', 'run_training', 'list_runs', 'latest_run', 'show', 'plot_runs',
+           'plot_history', 'print_actions', 'split_counts', 'plot_examples', 'describe_model', 'show_evaluation']
 
 # %% ../nbs/10_run.ipynb #c006
 AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
@@ -55,93 +56,101 @@ class TrainConfig:
     cache: bool = True                  # keep the training images in RAM (else read the memory map)
     classes: str | tuple | None = None  # class names in label order, comma-separated (default: the store's); other stores are refused
     # run
-    run_dir: str | None = None          # default: runs/<date>-<time>
+    run_dir: str | None = None          # the run folder (default: runs/<date>-<time>)
     overwrite: bool = False             # allow writing into an existing, non-empty run folder
     resume: bool = False                # continue the run in run_dir from its last.pt
-    seed: int = 0
+    seed: int = 0                       # seed of the splits, the initial weights, the batch order and the augmentation
     device: str = 'auto'                # auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps
     # optimisation
-    epochs: int = 60
-    batch_size: int = 32
+    epochs: int = 60                    # epochs to train (early stopping may end sooner)
+    batch_size: int = 32                # images per micro-batch (validation uses twice as many)
     lr: float = 1e-2                    # peak of the composite schedule
     wd: float = 5e-4                    # AdamW weight decay
     grad_accum: int = 4                 # micro-batches per optimizer step
     amp: str = 'auto'                   # auto (bf16 where supported, else fp16 on CUDA; off on CPU), bf16, fp16, none
     workers: int = 4                    # DataLoader workers (CPU data path)
     loss: str = 'ce'                    # ce (class-weighted cross-entropy) or focal
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0        # label smoothing of the loss
     balance_beta: float = 0.999         # effective-number class weights (Cui et al. 2019)
     weighted_sampler: bool = True       # also draw classes evenly (WeightedRandomSampler)
     head: str = 'adapter'               # adapter or concat
+    dropouts: tuple = (0.1, 0.2, 0.3)   # Dropout2d p of the ConvBlocks of block 1, 2, 3
+    noise_std: float = 0.02             # std of the train-only Gaussian noise in every ConvBlock
     # speed
-    channels_last: bool | None = None   # None: on for CUDA
+    channels_last: bool | None = None   # channels-last memory format (default: auto, on for CUDA)
     compile: bool = False               # torch.compile, falling back to eager if it fails
     gpu_data: str = 'auto'              # auto (on for CUDA), on, off: images on the device, augmented there
-    # adaptive mechanisms: one switch each, and their main parameters
+    # adaptive mechanisms: one switch each, and their main milestones
     scale_milestones: bool = True       # stretch the 60-epoch milestones to `epochs`
-    progressive_unfreeze: bool = True
-    open_block2_at: int = 15
-    allow_block3: bool = False
-    open_block3_at: int = 30
-    mixup: bool = True
-    mixup_alpha: float = 0.2
-    mixup_end: int = 15
-    swa: bool = False
-    swa_start: int = 45
-    swa_lr: float = 5e-4
-    early_stopping: bool = True
-    patience: int = 18
-    rollback: bool = True
-    max_rollbacks: int = 10
-    rollback_cooldown: int = 5
-    class_penalty: bool = True
-    class_penalty_start: int = 30
-    dynamic_regularisation: bool = True
-    dynamic_augmentation: bool = True
-    aug_boundaries: tuple = (10, 40)
+    progressive_unfreeze: bool = True   # open the model's blocks one at a time
+    open_block2_at: int = 15            # epoch at which block 2 is forced open
+    allow_block3: bool = False          # let progressive unfreezing open block 3 too ...
+    open_block3_at: int = 30            # ... at this epoch
+    mixup: bool = True                  # mixup on training batches
+    mixup_alpha: float = 0.2            # Beta(alpha, alpha) of mixup at epoch 0
+    mixup_end: int = 15                 # epoch at which mixup's alpha has decayed linearly to 0
+    swa: bool = False                   # stochastic weight averaging (swa.pt, evaluated beside best.pt)
+    swa_start: int = 45                 # first epoch averaged by SWA
+    swa_lr: float = 5e-4                # the rate SWALR anneals to and holds
+    early_stopping: bool = True         # stop when validation accuracy stalls, keep the best epoch
+    patience: int = 18                  # epochs without a better validation accuracy before stopping
+    rollback: bool = True               # go back to the last good state when validation gets worse
+    max_rollbacks: int = 10             # at most this many rollbacks in a run
+    rollback_cooldown: int = 5          # epochs after a rollback in which no other follows
+    class_penalty: bool = True          # move class weights from the per-class train–val gap
+    class_penalty_start: int = 30       # first epoch that adjusts class weights
+    dynamic_regularisation: bool = True # raise or lower dropout and noise from the train–val gap
+    dynamic_augmentation: bool = True   # switch the augmentation phase by epoch
+    aug_boundaries: tuple = (10, 40)    # epochs at which augmentation turns mild, then minimal
     augment: str | None = None          # augmentation phases from a JSON file (the explorer's Save); None: the recipe's
-    lr_nudge: bool = True
+    lr_nudge: bool = True               # nudge the learning rate from the validation loss each epoch
+    # groups: a dict (or JSON text) of the values that differ from the group's defaults
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)       # LR plan: phase epochs, floors, plateau, warm-up, OneCycle shape
+    mechanisms: MechanismConfig = field(default_factory=MechanismConfig)   # thresholds, factors and bounds of the mechanisms
     # evaluation
-    evaluate: bool = True
-    tta: bool = False
-    n_boot: int = 1000
+    evaluate: bool = True               # evaluate the best (and SWA) checkpoint on the test split after training
+    tta: bool = False                   # test-time augmentation (flipped views) in the evaluation
+    n_boot: int = 1000                  # bootstrap resamples over groups for the confidence intervals
 
     def __post_init__(self): self.validate()
 
     def validate(self) -> 'TrainConfig':
-        "Check every parameter; the error names the one at fault."
-        def whole(name, lo, hi=None):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
-                rng = f'from {lo} to {hi}' if hi is not None else f'>= {lo}'
-                raise BrainMRIError(f'{name}={v!r} must be a whole number {rng}')
-        def number(name, lo, hi, lo_open=False, hi_open=False): check_number(getattr(self, name), name, lo, hi, lo_open, hi_open)
-        def choice(name, options):
-            if getattr(self, name) not in options: raise BrainMRIError(f'{name}={getattr(self, name)!r} must be one of {", ".join(map(str, options))}')
+        "Check every parameter (groups given as dicts become their dataclasses); the error names the one at fault."
         if self.data_dir in (None, ''): raise BrainMRIError('data_dir is not set')
         self.classes = check_classes(self.classes)
-        whole('epochs', 0); whole('batch_size', 1); whole('grad_accum', 1); whole('workers', 0); whole('seed', 0)
-        whole('img_size', 16, 4096); whole('prep_size', 16, 4096); whole('channels', 1, 3); choice('channels', (1, 3))
-        whole('open_block2_at', 0); whole('open_block3_at', 0); whole('mixup_end', 0); whole('swa_start', 0)
-        whole('patience', 1); whole('max_rollbacks', 0); whole('rollback_cooldown', 0); whole('class_penalty_start', 0)
-        whole('n_boot', 0)
-        number('lr', 0, 10, lo_open=True); number('wd', 0, 1); number('swa_lr', 0, 10, lo_open=True)
-        number('val_frac', 0, 1, lo_open=True, hi_open=True); number('test_frac', 0, 1, hi_open=True)
-        number('label_smoothing', 0, 1, hi_open=True); number('balance_beta', 0, 1, hi_open=True)
-        number('mixup_alpha', 0, 10)
+        for name, lo, hi in (('epochs', 0, None), ('batch_size', 1, None), ('grad_accum', 1, None), ('workers', 0, None),
+                             ('seed', 0, None), ('img_size', 16, 4096), ('prep_size', 16, 4096), ('open_block2_at', 0, None),
+                             ('open_block3_at', 0, None), ('mixup_end', 0, None), ('swa_start', 0, None), ('patience', 1, None),
+                             ('max_rollbacks', 0, None), ('rollback_cooldown', 0, None), ('class_penalty_start', 0, None),
+                             ('n_boot', 0, None)):
+            check_int(getattr(self, name), name, lo, hi)
+        check_channels(self.channels)
+        for name, lo, hi, lo_open, hi_open in (('lr', 0, 10, True, False), ('wd', 0, 1, False, False), ('swa_lr', 0, 10, True, False),
+                                               ('val_frac', 0, 1, True, True), ('test_frac', 0, 1, False, True),
+                                               ('label_smoothing', 0, 1, False, True), ('balance_beta', 0, 1, False, True),
+                                               ('mixup_alpha', 0, 10, False, False), ('noise_std', 0, 1, False, False)):
+            check_number(getattr(self, name), name, lo, hi, lo_open, hi_open)
         if self.val_frac + self.test_frac >= 1: raise BrainMRIError(f'val_frac + test_frac = {self.val_frac + self.test_frac:g} must be < 1')
         if isinstance(self.amp, bool) or self.amp is None: self.amp = {True: 'auto', False: 'none', None: 'none'}[self.amp]
-        choice('amp', AMP_CHOICES); choice('head', HEADS); choice('loss', ('ce', 'focal'))
+        check_choice(self.amp, 'amp', AMP_CHOICES); check_choice(self.head, 'head', HEADS); check_choice(self.loss, 'loss', ('ce', 'focal'))
         if isinstance(self.gpu_data, bool): self.gpu_data = 'on' if self.gpu_data else 'off'
-        choice('gpu_data', ('auto', 'on', 'off'))
+        check_choice(self.gpu_data, 'gpu_data', ('auto', 'on', 'off'))
         for name in ('cache', 'overwrite', 'resume', 'compile', 'scale_milestones', 'allow_block3', 'evaluate', 'tta', 'weighted_sampler', *MECHANISMS):
-            if not isinstance(getattr(self, name), bool): raise BrainMRIError(f'{name}={getattr(self, name)!r} must be True or False')
-        if self.channels_last is not None and not isinstance(self.channels_last, bool):
-            raise BrainMRIError(f'channels_last={self.channels_last!r} must be True, False or None (auto)')
+            check_bool(getattr(self, name), name)
+        check_bool(self.channels_last, 'channels_last', allow_none=True)
+        for name in ('aug_boundaries', 'dropouts'):   # papermill passes a list as its JSON text
+            if isinstance(getattr(self, name), str):
+                try: setattr(self, name, json.loads(getattr(self, name)))
+                except json.JSONDecodeError: raise BrainMRIError(f'{name}={getattr(self, name)!r} is not a JSON list') from None
         b = tuple(self.aug_boundaries) if isinstance(self.aug_boundaries, (list, tuple)) else None
         if b is None or len(b) != 2 or not all(isinstance(x, (int, np.integer)) for x in b) or not 0 <= b[0] <= b[1]:
             raise BrainMRIError(f'aug_boundaries={self.aug_boundaries!r} must be two epochs in order, e.g. (10, 40)')
         self.aug_boundaries = tuple(int(x) for x in b)
+        d = tuple(self.dropouts) if isinstance(self.dropouts, (list, tuple)) else ()
+        if len(d) != 3: raise BrainMRIError(f'dropouts={self.dropouts!r} must be three probabilities, one per block')
+        self.dropouts = tuple(check_number(p, 'dropouts', 0, 1, hi_open=True) for p in d)
+        self.schedule = config_group(ScheduleConfig, self.schedule, 'schedule')
+        self.mechanisms = config_group(MechanismConfig, self.mechanisms, 'mechanisms')
         get_device(self.device)  # an unknown or absent device stops here
         return self
 
@@ -164,10 +173,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     'sample': dict(img_size=64, prep_size=128, epochs=10, batch_size=16, grad_accum=1, workers=2, n_boot=300),
 }
 
+def merge_params(*layers: dict) -> dict:
+    "Parameters of later `layers` over earlier ones; a group (`schedule`, `mechanisms`, ...) given as dicts merges key by key."
+    out = {}
+    for layer in layers:
+        for k, v in layer.items():
+            if isinstance(v, dict) and k in out:
+                base = out[k]
+                base = asdict(base) if hasattr(base, '__dataclass_fields__') else json.loads(base) if isinstance(base, str) else base
+                if isinstance(base, dict): v = {**base, **v}
+            out[k] = v
+    return out
+
 def config_with_preset(preset: str = 'default', **params) -> TrainConfig:
     "A TrainConfig from preset `preset` and then `params` (the error names an unknown preset)."
     if preset not in PRESETS: raise BrainMRIError(f"preset={preset!r} is not a preset: choose one of {', '.join(PRESETS)}")
-    return TrainConfig(**{**PRESETS[preset], **params})
+    return TrainConfig(**merge_params(PRESETS[preset], params))
 
 # %% ../nbs/10_run.ipynb #c010b
 NOTEBOOK_PARAMETERS = ('preset', 'stop_after')   # the train notebook's own, beside TrainConfig's
@@ -286,7 +307,7 @@ def build_data(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLik
 # %% ../nbs/10_run.ipynb #c017
 def build_model(cfg: TrainConfig, n_classes: int = 3):
     "BasicCNNModel for `cfg` (block 1 open; progressive unfreezing opens the others)."
-    return create_model(in_chans=cfg.channels, n_classes=n_classes, head=cfg.head)
+    return create_model(in_chans=cfg.channels, n_classes=n_classes, head=cfg.head, dropouts=cfg.dropouts, noise_std=cfg.noise_std)
 
 def recipe_callbacks(cfg: TrainConfig) -> list:
     "The adaptive mechanisms for `cfg`: each switch on or off, milestones stretched to the run's length."
@@ -298,15 +319,16 @@ def recipe_callbacks(cfg: TrainConfig) -> list:
         swa=dict(enabled=cfg.swa, swa_start=m(cfg.swa_start), swa_lr=cfg.swa_lr),
         early_stopping=dict(enabled=cfg.early_stopping, patience=max(1, m(cfg.patience))),
         rollback=dict(enabled=cfg.rollback, max_rollbacks=cfg.max_rollbacks, cooldown=m(cfg.rollback_cooldown)),
-        class_penalty=dict(enabled=cfg.class_penalty, start_epoch=m(cfg.class_penalty_start), renorm_every=max(1, m(10))),
+        class_penalty=dict(enabled=cfg.class_penalty, start_epoch=m(cfg.class_penalty_start)),
         dynamic_regularisation=cfg.dynamic_regularisation,
         dynamic_augmentation=cfg.dynamic_augmentation,
-        lr_nudge=cfg.lr_nudge)
+        lr_nudge=cfg.lr_nudge,
+        **{**asdict(cfg.mechanisms), 'class_penalty_renorm_every': max(1, m(cfg.mechanisms.class_penalty_renorm_every))})
 
 def build_learner(cfg: TrainConfig, model, data: SimpleNamespace, run_dir: str | os.PathLike | None) -> Learner:
     "A Learner for `cfg` over `data`, with the class-weighted loss, the composite schedule and the recipe."
-    schedule = (partial(CompositeLRSchedule.for_epochs, n_epochs=cfg.epochs) if cfg.scale_milestones and cfg.epochs
-                else CompositeLRSchedule)
+    schedule = partial(cfg.schedule.build, n_epochs=cfg.epochs if cfg.scale_milestones and cfg.epochs else None,
+                       reference_epochs=REFERENCE_EPOCHS)
     loss = make_loss(cfg.loss, weight=data.class_weights, label_smoothing=cfg.label_smoothing)
     return Learner(model, data.train_dl, data.valid_dl, loss_func=loss, lr=cfg.lr, wd=cfg.wd, cbs=recipe_callbacks(cfg),
                    device=cfg.device, amp=None if cfg.amp == 'none' else cfg.amp, grad_accum=cfg.grad_accum,

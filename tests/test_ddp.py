@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent('''
     import torch, torch.distributed as dist
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
-    import brainmri.core as core, brainmri.learner as L
+    import brainmri.core as core, brainmri.learner as L, brainmri.checkpoint as C
     torch.set_num_threads(1)
     out = Path(sys.argv[1]); rank = int(os.environ['RANK'])
 
@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent('''
     def spy(path, mode='wb'):
         written.append(str(path))
         with real_write(path, mode) as f: yield f
-    core.atomic_write = L.atomic_write = spy
+    core.atomic_write = L.atomic_write = C.atomic_write = spy
     real_print = core.console.print
     core.console.print = lambda *a, **k: (printed.append(str(a[0]) if a else ''), real_print(*a, **k))
 

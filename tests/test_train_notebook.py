@@ -17,7 +17,8 @@ def test_papermill_train_notebook(tmp_path):
     (project / 'runs' / 'nb').mkdir(parents=True)
     out = project / 'runs' / 'nb' / 'train.ipynb'
     env = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONPATH': str(ROOT)}
-    cmd = [bin_path('papermill'), 'nbs/train.ipynb', 'runs/nb/train.ipynb', '-k', 'python3', '-p', 'run_dir', 'runs/nb', *TINY]
+    cmd = [bin_path('papermill'), 'nbs/train.ipynb', 'runs/nb/train.ipynb', '-k', 'python3', '-p', 'run_dir', 'runs/nb', *TINY,
+           '-p', 'schedule', '{"warmup_epochs": 10, "plateau_patience": 1}', '-p', 'mechanisms', '{"class_penalty_up": 1.05}']
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=project)
     assert r.returncode == 0, r.stderr[-3000:]
     run = project / 'runs' / 'nb'
@@ -26,6 +27,9 @@ def test_papermill_train_notebook(tmp_path):
     assert params['run_dir'] == str(run)                           # the relative run_dir, in the project's runs/
     assert (project / 'prepared' / 'sample-256' / 'meta.json').exists() and not (project / 'nbs' / 'prepared').exists()
     assert len(json.loads((run / 'history.json').read_text())) == 2  # stopped after 1, then "Go on"
+    # a group given as a JSON object is merged over its defaults
+    assert params['schedule']['warmup_epochs'] == 10 and params['schedule']['plateau_patience'] == 1
+    assert params['schedule']['cosine_end'] == 40 and params['mechanisms']['class_penalty_up'] == 1.05
     for name in ('best.pt', 'last.pt', 'metrics.json', 'train.ipynb'): assert (run / name).exists(), name
     nb = json.loads(out.read_text())
     outputs = [o for c in nb['cells'] for o in c.get('outputs', [])]
