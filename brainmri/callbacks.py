@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from .core import BrainMRIError, atomic_write, check_bool, check_int, check_number, is_main_process, log
+from .checkpoint import checkpoint_meta
 from .learner import Callback, CancelFitException, LRScheduleCallback, RunFinished
 from .losses import mixup_batch, mixup_criterion
 from .schedule import mixup_alpha
@@ -282,7 +283,7 @@ class SWACallback(AdaptiveCallback):
         path, module, l = Path(path), self.swa_model.module, self.learn
         if is_main_process():
             ckpt = {'format_version': 1, 'model': module.state_dict(), 'model_config': copy.deepcopy(dict(getattr(module, 'config', None) or {})),
-                    'classes': list(l.classes), 'epoch': int(l.epoch),
+                    'classes': list(l.classes), 'meta': checkpoint_meta(l), 'epoch': int(l.epoch),
                     'swa': {'swa_start': self.swa_start, 'first_epoch': self.first_epoch, 'n_averaged': self.n_averaged, 'swa_lr': self.swa_lr}}
             with atomic_write(path) as f: torch.save(ckpt, f)
         return path

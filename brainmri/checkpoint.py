@@ -17,7 +17,7 @@ from .core import BrainMRIError, atomic_write, check_path, is_main_process, log,
 # %% auto #0
 __all__ = ['get_rng_state', 'set_rng_state', 'config_diff', 'check_checkpoint', 'callback_keys', 'param_group_names',
            'learner_state', 'load_learner_state', 'snapshot_state', 'restore_state', 'checkpoint_path',
-           'save_checkpoint', 'load_checkpoint', 'resume_from_checkpoint', 'check_fresh_start']
+           'checkpoint_meta', 'save_checkpoint', 'load_checkpoint', 'resume_from_checkpoint', 'check_fresh_start']
 
 # %% ../nbs/04c_checkpoint.ipynb #c006
 def get_rng_state() -> dict:
@@ -110,12 +110,18 @@ def checkpoint_path(run_dir: str | os.PathLike | None, name_or_path: str | os.Pa
         p = Path(run_dir) / f'{p}.pt'
     return p
 
+def checkpoint_meta(learn) -> dict:
+    """What a checkpoint says about the data its model expects, so that it can be used on its own: the kit's version and
+    the learner's `meta` (input size, channels, normalisation, store size and intensity window, from `brainmri.run`)."""
+    from brainmri import __version__
+    return to_plain({'kit_version': __version__, **(getattr(learn, 'meta', None) or {})})
+
 def save_checkpoint(learn, name: str = 'last') -> Path:
     "Write run_dir/`name`.pt atomically (rank 0 only): training state, RNG states, history, model config, classes."
     path = checkpoint_path(learn.run_dir, name)
     if not is_main_process(): return path
     ckpt = {'format_version': 1, **learner_state(learn), 'model_config': to_plain(dict(getattr(learn.model, 'config', None) or {})),
-            'classes': list(learn.classes), 'rng': get_rng_state(), 'history': to_plain(learn.history),
+            'classes': list(learn.classes), 'meta': checkpoint_meta(learn), 'rng': get_rng_state(), 'history': to_plain(learn.history),
             'actions': to_plain(learn.actions), 'best_metric': float(learn.best_metric), 'nan_steps': int(learn.nan_steps),
             'opt_steps': int(learn.opt_steps), 'seed': int(learn.seed), 'n_epochs': int(learn.n_epochs),
             'stopped': getattr(learn, 'stopped', None)}   # why a callback ended the run for good (early stopping), else None

@@ -172,18 +172,29 @@ def evaluate_cli(argv: Sequence[str] | None = None) -> int:
 
 def predict_cli(argv: Sequence[str] | None = None) -> int:
     "Console entry `brainmri_predict CHECKPOINT IMAGE...`."
-    p = argparse.ArgumentParser(prog='brainmri_predict', description='Classify images with calibrated probabilities.', formatter_class=HelpFormatter)
-    p.add_argument('checkpoint'); p.add_argument('images', nargs='+')
+    p = argparse.ArgumentParser(prog='brainmri_predict', formatter_class=HelpFormatter,
+                                description='Classify images with a trained model. An image that cannot be read is reported on '
+                                            'its own line and the others are classified; the exit status is 1 when any failed.')
+    p.add_argument('checkpoint', help='a checkpoint (best.pt, swa.pt: it describes its own input), or a run folder '
+                                      '(its best.pt with the temperature its evaluation fitted)')
+    p.add_argument('images', nargs='+', help='image files (JPEG, PNG, ...) or folders of them')
     p.add_argument('--cam-dir', default=None, help='write a Grad-CAM overlay PNG per image here')
+    p.add_argument('--temperature', type=float, default=None, help='divide the logits by this (default: the run\'s fitted one for a run folder, else 1)')
     p.add_argument('--tta', action='store_true', help='average over flipped views (default: off)'); p.add_argument('--device', default='auto', help='auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps')
     p.add_argument('--json', action='store_true', help='print JSON lines instead of a table')
     a = p.parse_args(argv)
     from brainmri.evaluate import predict_images
+    failed = []
     def go():
-        for r in predict_images(a.images, a.checkpoint, device=a.device, cam_dir=a.cam_dir, tta=a.tta):
+        for r in predict_images(a.images, a.checkpoint, device=a.device, cam_dir=a.cam_dir, tta=a.tta, temperature=a.temperature):
+            if 'error' in r: failed.append(r['file'])
             if a.json: print(json.dumps(r))
+            elif 'error' in r: log(f"{r['file']}: not classified: {r['error']}", 'bad')
             else: console.print(f"{r['file']}: [bold]{r['label']}[/]  " + '  '.join(f'{k} {v:.3f}' for k, v in r['probs'].items()))
-    return run_command(go)
+    code = run_command(go)
+    if failed:
+        log(f'{len(failed)} image(s) could not be classified', 'bad'); sys.exit(1)
+    return code
 
 def _fmt(v, ci=None) -> str:
     "A metric with its 95% interval, '0.613 (0.38–0.77)'; '–' when absent."

@@ -22,8 +22,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
                              roc_auc_score, roc_curve)
 
-from .core import (IMAGE_SUFFIXES, BrainMRIError, atomic_write, check_path, get_device, load_json, log, nan_to_none, save_json,
-                           to_plain)
+from .core import (IMAGE_SUFFIXES, BrainMRIError, atomic_write, check_number, check_path, get_device, load_json, log,
+                           nan_to_none, save_json, to_plain)
 from .data import (CLASSES, NO_TUMOUR, CustomTumorDataset, box_from_mask, canonical_class, decode_image, load_store,
                            make_loader, split_by_group, to_square_uint8)
 from .augment import AugmentConfig, eval_transform
@@ -33,12 +33,13 @@ from .checkpoint import config_diff
 from .metrics import confusion_metrics, confusion_update
 
 # %% auto #0
-__all__ = ['read_checkpoint', 'load_model_from_checkpoint', 'save_temperature', 'tta_views', 'predict_logits', 'reliability_bins',
-           'expected_calibration_error', 'group_bootstrap_indices', 'bootstrap_samples', 'classification_report_dict',
-           'calibrated_probs', 'temperature_nll', 'fit_temperature', 'grad_cam', 'cam_peaks', 'box_pixels', 'occlude',
-           'mirror_box', 'in_box', 'OccludedTransform', 'class_map', 'shortcut_audit', 'interpret_audit',
-           'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid', 'plot_audit', 'run_settings',
-           'evaluate_checkpoint', 'evaluate_run', 'evaluate_external', 'summary_table', 'predict_images']
+__all__ = ['CALIBRATION_FILE', 'read_checkpoint', 'load_model_from_checkpoint', 'save_temperature', 'load_temperature',
+           'tta_views', 'predict_logits', 'reliability_bins', 'expected_calibration_error', 'group_bootstrap_indices',
+           'bootstrap_samples', 'classification_report_dict', 'calibrated_probs', 'temperature_nll', 'fit_temperature',
+           'grad_cam', 'cam_peaks', 'box_pixels', 'occlude', 'mirror_box', 'in_box', 'OccludedTransform', 'class_map',
+           'shortcut_audit', 'interpret_audit', 'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid',
+           'plot_audit', 'run_settings', 'evaluate_checkpoint', 'evaluate_run', 'evaluate_external', 'summary_table',
+           'checkpoint_settings', 'predict_images']
 
 # %% ../nbs/08_evaluate.ipynb #c007
 def _unwrap_state(state: dict) -> dict:
@@ -52,7 +53,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     "The checkpoint dict at `path` (`torch.load(weights_only=True)`), checked to be a brainmri checkpoint."
     path = check_path(path, 'checkpoint', 'file')
     try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise BrainMRIError(f"checkpoint={str(path)!r} could not be read as a torch checkpoint: {e}") from None
+    except Exception as e:   # torch's own text advises weights_only=False, which is not the way out here
+        what = 'an image' if path.suffix.lower() in IMAGE_SUFFIXES else 'not a torch checkpoint file'
+        raise BrainMRIError(f"checkpoint={str(path)!r} could not be read: it is {what} ({type(e).__name__}); pass a "
+                            "brainmri checkpoint (best.pt, swa.pt) or a run folder") from None
     if not isinstance(ckpt, dict) or 'model' not in ckpt or not ckpt.get('model_config'):
         raise BrainMRIError(f"checkpoint={str(path)!r} is not a brainmri checkpoint (it needs 'model' and 'model_config')")
     return ckpt
@@ -85,12 +89,21 @@ def load_model_from_checkpoint(path: str | os.PathLike, classes: Sequence[str] |
         raise BrainMRIError(f"checkpoint={str(path)!r}: its weights do not fit its model_config: {str(e).splitlines()[-1].strip()}") from None
     return model.to(get_device(device)).eval(), ckpt
 
-def save_temperature(path: str | os.PathLike, temperature: float) -> Path:
-    "Store `temperature` in checkpoint `path` (key 'temperature'), rewriting it atomically."
-    ckpt = read_checkpoint(path)
-    ckpt['temperature'] = float(temperature)
-    with atomic_write(path) as f: torch.save(ckpt, f)
-    return Path(path)
+CALIBRATION_FILE = 'calibration.json'
+
+def save_temperature(path: str | os.PathLike, temperature: float, **about) -> Path:
+    """Record `temperature` for checkpoint `path` in calibration.json beside it (with `about`: what it was fitted on).
+    The checkpoint itself is never rewritten: evaluating leaves the training files byte-identical."""
+    path = Path(path); cal = path.parent / CALIBRATION_FILE
+    saved = load_json(cal) if cal.exists() else {}
+    saved[path.name] = {'temperature': float(temperature), **about}
+    return save_json(saved, cal)
+
+def load_temperature(path: str | os.PathLike) -> float | None:
+    "The temperature evaluation fitted for checkpoint `path` (calibration.json beside it; a key of checkpoints from kit 0.1), else None."
+    path = Path(path); cal = path.parent / CALIBRATION_FILE
+    t = (load_json(cal).get(path.name) or {}).get('temperature') if cal.exists() else None
+    return float(t) if t is not None else read_checkpoint(path).get('temperature')
 
 # %% ../nbs/08_evaluate.ipynb #c014
 def tta_views(tta: bool | str | None = False) -> list:
@@ -603,7 +616,7 @@ def evaluate_checkpoint(path: str | os.PathLike, store, splits: dict, split: str
     if len(splits['val']) == 0: raise BrainMRIError("the validation split is empty: temperature scaling needs it (val_frac > 0)")
     val_logits, val_y = run(splits['val'])
     T = fit_temperature(val_logits, val_y)
-    if write_temperature: save_temperature(path, T)
+    if write_temperature: save_temperature(path, T, fitted_on=f'val split of {store.path}', n=int(len(splits['val'])))
     out = dict(checkpoint=path.name, epoch=ckpt.get('epoch'), temperature=T)
     cached = {'val': (val_logits, val_y)}
     for s in dict.fromkeys([split, 'val']):
@@ -710,7 +723,7 @@ def evaluate_external(run_dir: str | os.PathLike, data_dir: str | os.PathLike, o
     tf = eval_transform(settings['img_size'], settings['mean'], settings['std'])
     for name, path in ckpts.items():
         model, ckpt = load_model_from_checkpoint(path, device=device)
-        T = ckpt.get('temperature')
+        T = load_temperature(path)
         if T is None: log(f"{path.name} has no fitted temperature (run evaluate_run on its own data first): T = 1", 'warn')
         T = float(T or 1.0)
         channels = settings.get('channels', model.in_chans)
@@ -745,49 +758,82 @@ def summary_table(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient='index').round(3)
 
 # %% ../nbs/08_evaluate.ipynb #c062
-def _expand_paths(paths) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)): paths = [paths]
+def _expand_paths(images) -> list[Path]:
+    "The image files `images` names (a folder stands for the images in it); the error names the argument `images`."
+    if isinstance(images, (str, os.PathLike)): images = [images]
     out = []
-    for p in paths:
-        p = check_path(p, 'paths')
+    for p in images:
+        p = check_path(p, 'images')
         out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
-    if not out: raise BrainMRIError(f"paths: no images found in {[str(p) for p in paths]}")
+    if not out: raise BrainMRIError(f"images: no images found in {[str(p) for p in images]}")
     return out
+
+def checkpoint_settings(path: str | os.PathLike, ckpt: dict) -> dict:
+    "The data settings a checkpoint's model expects: its own `meta`, else (kit 0.1) the params.json beside it, else defaults."
+    meta = ckpt.get('meta') or {}
+    if meta.get('img_size'):
+        return dict(img_size=int(meta['img_size']), channels=int(meta.get('channels', 1)), mean=float(meta['mean']),
+                    std=float(meta['std']), store_size=int(meta['store_size']))
+    params_path = Path(path).parent / 'params.json'
+    log(f"{Path(path).name} does not describe its input (a checkpoint of kit 0.1): reading "
+        + (str(params_path) if params_path.exists() else 'the defaults (224 px, a 256 px store)'), 'warn')
+    settings, _ = run_settings(load_json(params_path) if params_path.exists() else None, ckpt['model_config'])
+    size = settings['store_size']
+    if size is None and settings['store'] and (Path(settings['store']) / 'meta.json').exists():
+        size = load_json(Path(settings['store']) / 'meta.json').get('size')
+    return {**{k: settings[k] for k in ('img_size', 'channels', 'mean', 'std')}, 'store_size': int(size or 256)}
+
+def _cam_names(files: list[Path]) -> list[str]:
+    "One overlay file name per image: its name, prefixed by the folders that tell apart images of the same name."
+    parents = [f.resolve().parent for f in files]
+    common = Path(os.path.commonpath([str(p) for p in parents])) if files else Path('.')
+    stems = [f.stem for f in files]
+    return [f'{f.stem}_cam.png' if stems.count(f.stem) == 1 else
+            '_'.join([*p.relative_to(common).parts, f.stem]).lstrip('_') + '_cam.png' for f, p in zip(files, parents)]
 
 def _read_image(path: Path, size: int) -> np.ndarray:
     try: data = path.read_bytes()
     except OSError as e: raise BrainMRIError(f"{path}: cannot read the file: {e}") from None
     return to_square_uint8(decode_image(data, str(path)), size)
 
-def predict_images(paths, checkpoint: str | os.PathLike, device: str | torch.device = 'auto',
-                   cam_dir: str | os.PathLike | None = None, tta: bool | str = False, batch_size: int = 16) -> list[dict]:
-    "Classify image files: a list of {'file', 'label', 'probs': {class: p}} (+ 'cam': overlay PNG path with `cam_dir`)."
-    files = _expand_paths(paths)
-    model, ckpt = load_model_from_checkpoint(checkpoint, device=device)
+def predict_images(images, checkpoint: str | os.PathLike, device: str | torch.device = 'auto',
+                   cam_dir: str | os.PathLike | None = None, tta: bool | str = False, batch_size: int = 16,
+                   temperature: float | None = None) -> list[dict]:
+    """Classify image files in batches: per image {'file', 'label', 'probs': {class: p}} (+ 'cam': overlay PNG with `cam_dir`),
+    or {'file', 'error'} when it cannot be read. `checkpoint`: a checkpoint file, or a run folder (its best.pt and fitted temperature)."""
+    files = _expand_paths(images)
+    checkpoint = check_path(checkpoint, 'checkpoint')
+    if cam_dir is not None:
+        cam_dir = Path(cam_dir)
+        if cam_dir.exists() and not cam_dir.is_dir(): raise BrainMRIError(f"cam_dir={str(cam_dir)!r} is a file, not a folder")
+    path = checkpoint / 'best.pt' if checkpoint.is_dir() else checkpoint
+    model, ckpt = load_model_from_checkpoint(check_path(path, 'checkpoint', 'file'), device=device)
     classes = list(ckpt.get('classes') or CLASSES)
-    T = ckpt.get('temperature')
-    if T is None: log(f"{Path(checkpoint).name} has no fitted temperature (run evaluate_run first): probabilities are uncalibrated", 'warn')
-    T = float(T or 1.0)
-    params_path = Path(checkpoint).parent / 'params.json'
-    settings, _ = run_settings(load_json(params_path) if params_path.exists() else None, ckpt['model_config'])
-    size = settings['store_size']
-    if size is None and settings['store'] and (Path(settings['store']) / 'meta.json').exists():
-        size = load_json(Path(settings['store']) / 'meta.json').get('size')
-    size = int(size or 256)
-    tf = eval_transform(settings['img_size'], settings['mean'], settings['std'])
-    channels, dev, out = settings['channels'], get_device(device), []
+    T = temperature if temperature is not None else (load_temperature(path) if checkpoint.is_dir() else ckpt.get('temperature'))
+    if T is None:
+        fitted = ' (pass the run folder to use the one its evaluation fitted)' if (path.parent / CALIBRATION_FILE).exists() else ''
+        log(f"{path.name}: no temperature given{fitted}: probabilities at T = 1", 'warn')
+    T = check_number(float(T or 1.0), 'temperature', lo=0, lo_open=True)
+    s = checkpoint_settings(path, ckpt)
+    tf, dev, out = eval_transform(s['img_size'], s['mean'], s['std']), get_device(device), []
+    names = _cam_names(files)
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        xb = torch.stack([tf(_read_image(f, size), 0) for f in chunk])
-        if channels == 3: xb = xb.expand(-1, 3, -1, -1)
+        chunk, xs = [], []
+        for f, name in zip(files[start:start + batch_size], names[start:start + batch_size]):
+            try: xs.append(tf(_read_image(f, s['store_size']), 0)); chunk.append((f, name))
+            except BrainMRIError as e: out.append(dict(file=str(f), error=str(e)))     # the others are still classified
+        if not chunk: continue
+        xb = torch.stack(xs)
+        if s['channels'] == 3: xb = xb.expand(-1, 3, -1, -1)
         xb = xb.to(dev)
         with torch.no_grad(): probs = calibrated_probs(torch.stack([model(v(xb)).float() for v in tta_views(tta)]).cpu(), T)
         cams = grad_cam(model, xb) if cam_dir is not None else None
-        for i, (f, p) in enumerate(zip(chunk, probs)):
+        for i, ((f, name), p) in enumerate(zip(chunk, probs)):
             r = dict(file=str(f), label=classes[int(p.argmax())], probs={c: float(v) for c, v in zip(classes, p)})
             if cams is not None:
                 k = int(p.argmax())
-                r['cam'] = str(Path(cam_dir) / f'{f.stem}_cam.png')
+                r['cam'] = str(cam_dir / name)
                 plot_cam_grid(xb[i:i + 1, 0].cpu(), cams[i:i + 1].cpu(), titles=[f'{f.name}: {classes[k]} ({p[k]:.2f})'], ncols=1, path=r['cam'])
             out.append(r)
-    return out
+    order = {str(f): i for i, f in enumerate(files)}
+    return sorted(out, key=lambda r: order[r['file']])

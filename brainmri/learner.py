@@ -95,7 +95,7 @@ class Learner:
                  lr_schedule: Callable | None = None, max_nan_steps: int = 5, n_classes: int | None = None,
                  classes: Sequence[str] | None = None, channels_last: bool | None = None, compile: bool = False,
                  seed: int | None = None, distributed: bool | None = None, clip_grad: float | None = None,
-                 default_cbs: bool = True, progress_bar: bool = True):
+                 default_cbs: bool = True, progress_bar: bool = True, meta: dict | None = None):
         check_int(grad_accum, 'grad_accum', lo=1); check_int(max_nan_steps, 'max_nan_steps', lo=1)
         check_number(lr, 'lr', lo=0, lo_open=True); check_number(wd, 'wd', lo=0)
         self.classes = tuple(classes) if classes is not None else _default_classes()[:n_classes or None]
@@ -110,6 +110,7 @@ class Learner:
         self.lr, self.wd, self.opt_func, self.grad_accum, self.clip_grad = lr, wd, opt_func, grad_accum, clip_grad
         self.max_nan_steps, self.compile = max_nan_steps, compile
         self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63 - 1)
+        self.meta = dict(meta or {})   # what the data looks like to the model; every checkpoint records it
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None and is_main_process(): self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)

@@ -33,8 +33,9 @@ from .runfolder import load_split, save_split
 __all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'NOTEBOOK_PARAMETERS', 'TrainConfig',
            'merge_params', 'config_with_preset', 'config_from_notebook', 'default_run_dir', 'environment', 'start_run',
            'is_store', 'get_store', 'use_gpu_data', 'augment_config', 'run_split', 'build_data', 'build_model',
-           'recipe_callbacks', 'build_learner', 'run_training', 'list_runs', 'latest_run', 'show', 'plot_runs',
-           'plot_history', 'print_actions', 'split_counts', 'plot_examples', 'describe_model', 'show_evaluation']
+           'recipe_callbacks', 'data_meta', 'build_learner', 'run_training', 'list_runs', 'latest_run', 'show',
+           'plot_runs', 'plot_history', 'print_actions', 'split_counts', 'plot_examples', 'describe_model',
+           'show_evaluation']
 
 # %% ../nbs/10_run.ipynb #c006
 AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
@@ -325,6 +326,12 @@ def recipe_callbacks(cfg: TrainConfig) -> list:
         lr_nudge=cfg.lr_nudge,
         **{**asdict(cfg.mechanisms), 'class_penalty_renorm_every': max(1, m(cfg.mechanisms.class_penalty_renorm_every))})
 
+def data_meta(cfg: TrainConfig, store: PreparedStore) -> dict:
+    "What the model's input is made of, for its checkpoints: input size, channels, normalisation, and the store's size, window and classes."
+    aug = augment_config(cfg)
+    return dict(img_size=cfg.img_size, channels=cfg.channels, mean=aug.mean, std=aug.std, store_size=store.size,
+                window=store.meta.get('window'), classes=list(store.classes), model=getattr(cfg, 'model', 'basic'))
+
 def build_learner(cfg: TrainConfig, model, data: SimpleNamespace, run_dir: str | os.PathLike | None) -> Learner:
     "A Learner for `cfg` over `data`, with the class-weighted loss, the composite schedule and the recipe."
     schedule = partial(cfg.schedule.build, n_epochs=cfg.epochs if cfg.scale_milestones and cfg.epochs else None,
@@ -333,7 +340,7 @@ def build_learner(cfg: TrainConfig, model, data: SimpleNamespace, run_dir: str |
     return Learner(model, data.train_dl, data.valid_dl, loss_func=loss, lr=cfg.lr, wd=cfg.wd, cbs=recipe_callbacks(cfg),
                    device=cfg.device, amp=None if cfg.amp == 'none' else cfg.amp, grad_accum=cfg.grad_accum,
                    run_dir=run_dir, lr_schedule=schedule, classes=data.store.classes, channels_last=cfg.channels_last,
-                   compile=cfg.compile, seed=cfg.seed)
+                   compile=cfg.compile, seed=cfg.seed, meta=data_meta(cfg, data.store))
 
 # %% ../nbs/10_run.ipynb #c019
 def run_training(cfg: TrainConfig) -> Path:

@@ -45,8 +45,15 @@ def test_evaluate_and_predict(trained):
     assert out['label'] in ('glioma', 'meningioma', 'pituitary')
     assert abs(sum(out['probs'].values()) - 1) < 1e-4 and list((trained / 'cams').glob('*.png'))
     bad = trained / 'bad.jpg'; bad.write_bytes(b'not an image')
-    r = run('brainmri_predict', run_dir / 'best.pt', bad, cwd=trained, ok=False)
-    assert r.returncode == 2 and 'bad.jpg' in r.stdout + r.stderr
+    r = run('brainmri_predict', run_dir, img, bad, '--json', cwd=trained, ok=False)   # a run folder: best.pt, calibrated
+    lines = [json.loads(l) for l in r.stdout.strip().splitlines() if l.startswith('{')]
+    assert r.returncode == 1 and [('error' in l, Path(l['file']).name) for l in lines] == [(False, img.name), (True, 'bad.jpg')]
+    r = run('brainmri_predict', run_dir / 'best.pt', trained / 'missing.jpg', cwd=trained, ok=False)
+    assert r.returncode == 2 and 'images=' in r.stdout + r.stderr
+    r = run('brainmri_predict', img, img, cwd=trained, ok=False)         # an image where the checkpoint goes
+    assert r.returncode == 2 and 'it is an image' in r.stdout and 'weights_only' not in r.stdout + r.stderr
+    r = run('brainmri_predict', run_dir, img, '--cam-dir', img, cwd=trained, ok=False)
+    assert r.returncode == 2 and 'is a file, not a folder' in r.stdout and 'Traceback' not in r.stderr
 
 def test_runs_table(trained):
     r = run('brainmri_runs', trained / 'runs', '--plot', trained / 'runs.png', cwd=trained)

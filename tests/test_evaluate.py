@@ -16,7 +16,7 @@ from brainmri.model import create_model
 from brainmri.learner import Learner
 from brainmri.callbacks import SWACallback
 from brainmri.augment import eval_transform
-from brainmri.evaluate import (OccludedTransform, box_pixels, calibrated_probs, evaluate_run,
+from brainmri.evaluate import (OccludedTransform, box_pixels, calibrated_probs, evaluate_run, load_temperature,
                                load_model_from_checkpoint, predict_images, predict_logits, read_checkpoint,
                                summary_table, temperature_nll, fit_temperature)
 
@@ -60,7 +60,9 @@ def trained_run(tmp_path_factory, real_store):
 
 
 def test_evaluate_run_writes_metrics_and_plots(trained_run, real_store):
+    ckpts = {p.name: p.read_bytes() for p in trained_run.glob('*.pt')}
     m = evaluate_run(trained_run, n_boot=100, device='cpu', n_cam=6, batch_size=16)
+    assert {p.name: p.read_bytes() for p in trained_run.glob('*.pt')} == ckpts   # evaluation leaves the checkpoints byte-identical
     saved = load_json(trained_run / 'metrics.json')
     assert saved == json.loads(json.dumps(m, default=str))   # what is returned is what is written
     store = load_store(real_store)
@@ -75,16 +77,16 @@ def test_evaluate_run_writes_metrics_and_plots(trained_run, real_store):
         assert r['test']['n'] == len(sp['test']) and np.sum(r['test']['confusion_matrix']) == len(sp['test'])
         lo, hi = r['test']['ci']['accuracy']
         assert lo <= r['test']['accuracy'] <= hi
-        # the temperature lowers the validation NLL it was fitted on, and sits in the checkpoint
+        # the temperature lowers the validation NLL it was fitted on, and sits in calibration.json beside the checkpoint
         assert r['val']['nll'] <= r['val']['nll_uncalibrated'] + 1e-9
-        assert read_checkpoint(trained_run / f'{name}.pt')['temperature'] == pytest.approx(r['temperature'])
+        assert load_temperature(trained_run / f'{name}.pt') == pytest.approx(r['temperature'])
         a = r['audit']
         assert a['available'] and a['n'] == len(sp['test'])
         for k in ('accuracy', 'acc_tumour_hidden', 'acc_tumour_only', 'acc_control_hidden', 'pointing_game', 'box_area_frac'):
             assert 0 <= a[k] <= 1, k
         for f in r['plots'].values(): assert (trained_run / f).read_bytes()[:4] == b'\x89PNG'
     assert list(summary_table(saved).index) == ['best', 'swa']
-    # best.pt still loads in the learner after the temperature was added
+    # best.pt still loads in the learner after evaluation
     assert 'opt' in read_checkpoint(trained_run / 'best.pt') and 'cbs' in read_checkpoint(trained_run / 'best.pt')
 
 
@@ -118,9 +120,9 @@ def test_occluded_dataset_pixels(real_store):
 
 def test_predict_images(trained_run, real_store, tmp_path):
     files = sorted((Path(real_store).parent / 'src').rglob('*.jpg'))[:4]
-    out = predict_images(files, trained_run / 'best.pt', device='cpu', cam_dir=tmp_path / 'cams')
+    out = predict_images(files, trained_run, device='cpu', cam_dir=tmp_path / 'cams')   # the run folder: calibrated
     assert [r['file'] for r in out] == [str(f) for f in files]
-    T = read_checkpoint(trained_run / 'best.pt').get('temperature', 1.0)
+    T = load_temperature(trained_run / 'best.pt')
     model, _ = load_model_from_checkpoint(trained_run / 'best.pt')
     store = load_store(real_store)
     rel = [str(f.relative_to(Path(real_store).parent / 'src')) for f in files]
@@ -132,7 +134,8 @@ def test_predict_images(trained_run, real_store, tmp_path):
         np.testing.assert_allclose(list(r['probs'].values()), p, atol=1e-4)
         assert Path(r['cam']).read_bytes()[:4] == b'\x89PNG'
     bad = tmp_path / 'scan.png'; bad.write_bytes(b'\x89PNG broken')
-    with pytest.raises(BrainMRIError, match='scan.png: cannot decode'): predict_images([files[0], bad], trained_run / 'best.pt', device='cpu')
+    mixed = predict_images([files[0], bad], trained_run / 'best.pt', device='cpu')   # reported on its own, the other classified
+    assert 'label' in mixed[0] and 'scan.png: cannot decode' in mixed[1]['error']
 
 
 def test_bad_inputs(trained_run, real_store, tmp_path):
