@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 from .core import BrainMRIError, check_int
 
 # %% auto #0
-__all__ = ['world_size', 'init_distributed', 'all_reduce', 'broadcast_buffers', 'gather_ordered', 'rank0_first', 'epoch_seed',
-           'seed_loader_epoch', 'pad_to_multiple', 'shard', 'ShardSampler', 'DistributedSamplerWrapper',
-           'rebuild_loader', 'distribute_loader']
+__all__ = ['world_size', 'init_distributed', 'finish_distributed', 'all_reduce', 'broadcast_buffers', 'gather_ordered',
+           'launched_distributed', 'rank0_first', 'rank0_only', 'epoch_seed', 'seed_loader_epoch', 'pad_to_multiple',
+           'shard', 'ShardSampler', 'DistributedSamplerWrapper', 'rebuild_loader', 'distribute_loader']
 
 # %% ../nbs/04b_distributed.ipynb #c006
 def world_size() -> int:
@@ -31,6 +31,10 @@ def init_distributed(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized(): dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return device
+
+def finish_distributed() -> None:
+    "Wait for every rank (rank 0 may still be evaluating), then leave the process group cleanly; nothing in a single process."
+    if world_size() > 1: dist.barrier(); dist.destroy_process_group()
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:
     "Sum `t` over all ranks, in place (unchanged in a single process); returns `t`."
@@ -55,12 +59,32 @@ def gather_ordered(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out.append(whole)
     return tuple(out)
 
+def launched_distributed() -> bool:
+    "True in a process that torchrun started with more than one rank (WORLD_SIZE > 1)."
+    return int(os.environ.get('WORLD_SIZE', '1')) > 1
+
+def _rank0_outcome(f: Callable, *args, **kwargs):
+    "Run `f` on rank 0 and tell every rank how it went: its result, or the bad-input error it raised (the others raise it too)."
+    outcome = [None]
+    if dist.get_rank() == 0:
+        try: outcome = [('ok', f(*args, **kwargs))]
+        except BrainMRIError as e: outcome = [('error', str(e))]
+        except BaseException as e: outcome = [('error', f'rank 0 failed: {type(e).__name__}: {e}')]; dist.broadcast_object_list(outcome, 0); raise
+    dist.broadcast_object_list(outcome, 0)
+    if outcome[0][0] == 'error': raise BrainMRIError(outcome[0][1])
+    return outcome[0][1]
+
 def rank0_first(f: Callable, *args, **kwargs):
-    "`f(*args, **kwargs)` on rank 0 first, then on the other ranks (which find what rank 0 made, e.g. a prepared store)."
+    """`f(*args, **kwargs)` on rank 0 first, then on the other ranks (which find what rank 0 made, e.g. a prepared store).
+    When rank 0 fails, every rank stops with its error instead of waiting for it."""
     if world_size() == 1: return f(*args, **kwargs)
-    if dist.get_rank() == 0: out = f(*args, **kwargs); dist.barrier()
-    else: dist.barrier(); out = f(*args, **kwargs)
-    return out
+    out = _rank0_outcome(f, *args, **kwargs)
+    return out if dist.get_rank() == 0 else f(*args, **kwargs)
+
+def rank0_only(f: Callable, *args, **kwargs):
+    "`f(*args, **kwargs)` on rank 0 alone (e.g. choosing and writing the run folder); every rank gets its result, or its error."
+    if world_size() == 1: return f(*args, **kwargs)
+    return _rank0_outcome(f, *args, **kwargs)
 
 # %% ../nbs/04b_distributed.ipynb #c010
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -25,6 +25,7 @@ from .model import create_model
 from .schedule import ScheduleConfig
 from .losses import make_loss
 from .learner import Learner
+from .distributed import finish_distributed, init_distributed, launched_distributed, rank0_first, rank0_only
 from .callbacks import MechanismConfig, default_callbacks
 from .evaluate import evaluate_run
 from .runfolder import load_split, save_split
@@ -344,10 +345,12 @@ def build_learner(cfg: TrainConfig, model, data: SimpleNamespace, run_dir: str |
 
 # %% ../nbs/10_run.ipynb #c019
 def run_training(cfg: TrainConfig) -> Path:
-    "Prepare (if needed), train and evaluate one run described by `cfg`; returns the run folder."
+    "Prepare (if needed), train and evaluate one run described by `cfg`; returns the run folder (one for all ranks under torchrun)."
     seed_everything(cfg.seed)
-    store = get_store(cfg)
-    run_dir = start_run(cfg, extra={'store': str(store.path.resolve()), 'classes': list(store.classes)})
+    if launched_distributed(): init_distributed(get_device(cfg.device))   # join the group before anything is written
+    store = rank0_first(get_store, cfg)                                   # rank 0 prepares; the others open what it made
+    run_dir = rank0_only(start_run, cfg, extra={'store': str(store.path.resolve()), 'classes': list(store.classes)})
+    cfg.run_dir = str(run_dir)
     data = build_data(cfg, store, run_dir)
     log(f"run {run_dir}: {len(data.splits['train'])} train / {len(data.splits['val'])} val / "
         f"{len(data.splits['test'])} test images, classes {', '.join(store.classes)}", 'info')
@@ -357,8 +360,9 @@ def run_training(cfg: TrainConfig) -> Path:
     learn.fit(cfg.epochs, resume=cfg.resume)
     if cfg.evaluate and is_main_process():
         if epochs_before == len(learn.history) and (run_dir / 'metrics.json').exists():   # a finished run, resumed
-            log(f"{run_dir} was trained and evaluated already: metrics.json stays as it is", 'good'); return run_dir
-        evaluate_run(run_dir, store.path, split='test', tta=cfg.tta, n_boot=cfg.n_boot, device=cfg.device, seed=cfg.seed)
+            log(f"{run_dir} was trained and evaluated already: metrics.json stays as it is", 'good')
+        else: evaluate_run(run_dir, store.path, split='test', tta=cfg.tta, n_boot=cfg.n_boot, device=cfg.device, seed=cfg.seed)
+    finish_distributed()
     return run_dir
 
 # %% ../nbs/10_run.ipynb #c021

@@ -32,13 +32,13 @@ def test_train_notebook_in_jupyterlab(tmp_path):
     with lab_project(tmp_path, 'train') as (base, project), browser_page(tmp_path, 'train', 1400, 1400) as page:
         open_notebook(page, base, 'nbs/train.ipynb')
         # A researcher's edit: one cell under the parameters with a tiny fit that stops after epoch 1.
-        params = _cell_index(page, '# data')
+        params = _cell_index(page, "preset = ")
         cell(page, params).locator('.jp-InputArea-editor').click()
         page.keyboard.press('Escape'); page.keyboard.press('b'); page.keyboard.press('Enter')
         page.keyboard.insert_text(TINY)
         page.keyboard.press('Escape')
         # Run everything above "Go on".
-        go_on = _cell_index(page, 'if len(learn.history) < epochs')
+        go_on = _cell_index(page, 'if len(learn.history) < cfg.epochs')
         cell(page, go_on).locator('.jp-InputArea-editor').click(); page.keyboard.press('Escape')
         menu(page, 'Run', 'Run All Above Selected Cell')
         wait_idle(page)
