@@ -22,7 +22,204 @@ from .evaluate import (calibrated_probs, evaluate_checkpoint, expected_calibrati
                                load_model_from_checkpoint, predict_logits, run_settings)
 
 # %% auto #0
-__all__ = ['study_cli']
+__all__ = ['recipe_variants', 'plan_runs', 'score_run', 'run_study', 'summarise', 'study_report', 'study_cli']
+
+# %% ../nbs/12_study.ipynb #st0006
+def recipe_variants(preset: str = 'default', mechanisms: Sequence[str] = MECHANISMS) -> dict[str, dict]:
+    """The recipe variants of a study: `full` (the preset as it is), `plain` (every mechanism off) and
+    `no_<mechanism>` for each mechanism the preset has on, that one switched off."""
+    if preset not in PRESETS: raise BrainMRIError(f"preset={preset!r} is not a preset: choose one of {', '.join(PRESETS)}")
+    base = config_with_preset(preset)
+    on = [m for m in mechanisms if getattr(base, m)]
+    return {'full': {}, 'plain': {m: False for m in MECHANISMS}, **{f'no_{m}': {m: False} for m in on}}
+
+def plan_runs(variants: dict[str, dict], models: Sequence[str] = ('basic',), seeds: Sequence[int] = (0, 1, 2)) -> list[dict]:
+    "One spec per (variant, model, seed): its name (the run folder) and its TrainConfig overrides."
+    for m in models:
+        if m not in MODELS: raise BrainMRIError(f"models: {m!r} is not one of {', '.join(MODELS)}")
+    return [dict(name=f'{v}__{m}__s{s}', variant=v, model=m, seed=int(s), overrides={**ov, 'model': m, 'seed': int(s)})
+            for v, ov in variants.items() for m in models for s in seeds]
+
+# %% ../nbs/12_study.ipynb #st0008
+def _external_splits(run_store, ext, cfg_splits: dict) -> dict:
+    "Rows of the external store `ext` in the run's val groups and in its test groups (never in its training groups)."
+    g = {k: set(run_store.groups[v]) for k, v in cfg_splits.items()}
+    return {k: np.flatnonzero(np.isin(ext.groups, list(g[k] - g['train']))) for k in ('val', 'test')}
+
+def score_run(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | None = None, device: str = 'cpu') -> dict:
+    """Score a finished run's best checkpoint on its test groups: in its own store, or (with `eval_dir`) on every
+    slice of an external store whose group is in the run's test split (e.g. all slices of unseen patients).
+    Writes `study_preds.csv` (group, label, probabilities) and `study_result.json` (written last: the run is done)."""
+    run_dir = check_path(run_dir, 'run_dir', 'dir')
+    params = load_json(run_dir / 'params.json')
+    run_store = load_store(params['store'])
+    splits = split_by_group(run_store, params['val_frac'], params['test_frac'], seed=params['seed'])
+    ext = load_store(eval_dir) if eval_dir else run_store
+    ev_splits = _external_splits(run_store, ext, splits) if eval_dir else splits
+    if not len(ev_splits['test']): raise BrainMRIError(f"eval_dir={str(eval_dir)!r} holds no slice of the run's test groups")
+    ckpt = run_dir / 'best.pt'
+    model, _ = load_model_from_checkpoint(ckpt, device=device)
+    settings = run_settings(params, model.config)[0]
+    rep = evaluate_checkpoint(ckpt, ext, ev_splits, 'test', settings, n_boot=0, seed=params['seed'], device=device,
+                              write_temperature=False)   # temperature (fitted on the val groups), report, shortcut audit
+    rows = ev_splits['test']
+    tf = eval_transform(settings['img_size'], settings['mean'], settings['std'])
+    logits, y = predict_logits(model, CustomTumorDataset(ext, rows, tf, settings['channels']), device)
+    probs = calibrated_probs(logits, rep['temperature'])
+    preds = pd.DataFrame({'row': rows, 'group': ext.groups[rows], 'label': y, **{f'p{k}': probs[:, k] for k in range(probs.shape[1])}})
+    with atomic_write(run_dir / 'study_preds.csv', 'w') as f: preds.to_csv(f, index=False)
+    res = dict(n=len(rows), accuracy=rep['test']['accuracy'], macro_f1=rep['test']['macro_f1'], ece=rep['test']['ece'],
+               acc_tumour_hidden=rep['audit'].get('acc_tumour_hidden'), temperature=rep['temperature'],
+               eval_store=str(ext.path), epochs_run=len(load_json(run_dir / 'history.json')))
+    save_json(res, run_dir / 'study_result.json')
+    return res
+
+# %% ../nbs/12_study.ipynb #st0010
+def _run_one(spec: dict, preset: str, base: dict, out_dir: str, eval_dir: str | None, threads: int) -> dict:
+    "Train and score one grid cell, unless its study_result.json exists (a killed run starts afresh)."
+    run_dir = Path(out_dir) / 'runs' / spec['name']
+    if (run_dir / 'study_result.json').exists(): return load_json(run_dir / 'study_result.json')
+    torch.set_num_threads(threads)
+    cfg = config_with_preset(preset, **{**base, **spec['overrides'], 'run_dir': str(run_dir), 'overwrite': True,
+                                        'resume': False, 'evaluate': False})
+    run_training(cfg)
+    return score_run(run_dir, eval_dir, device=cfg.device if cfg.device != 'auto' else 'cpu')
+
+def run_study(data_dir: str | os.PathLike, out_dir: str | os.PathLike, preset: str = 'cpu-study',
+              variants: dict[str, dict] | None = None, models: Sequence[str] = ('basic',), seeds: Sequence[int] = (0, 1, 2),
+              eval_dir: str | os.PathLike | None = None, jobs: int = 1, n_boot: int = 1000, **params) -> pd.DataFrame:
+    """Train every (variant, model, seed) of the grid on `data_dir` (each seed draws its own group split), skipping finished
+    runs; `jobs` runs at once, sharing the CPU threads. Then `summarise` into out_dir: table, plots, report."""
+    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    variants = variants if variants is not None else recipe_variants(preset)
+    specs = plan_runs(variants, models, seeds)
+    base = {'data_dir': str(data_dir), **params}
+    config_with_preset(preset, **base)   # a bad parameter stops the study before any run
+    todo = [s for s in specs if not (out_dir / 'runs' / s['name'] / 'study_result.json').exists()]
+    log(f"study {out_dir}: {len(specs)} runs, {len(specs) - len(todo)} already done, {jobs} at a time", 'info')
+    if todo:   # prepare the store once, before parallel runs race to prepare it
+        from brainmri.run import get_store
+        get_store(config_with_preset(preset, **base))
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    args = (preset, base, str(out_dir), str(eval_dir) if eval_dir else None, threads)
+    if jobs <= 1:
+        for s in todo: _run_one(s, *args)
+    else:
+        with ProcessPoolExecutor(jobs) as ex: list(ex.map(_run_one, todo, *[[a] * len(todo) for a in args]))
+    save_json(dict(preset=preset, params=base, variants=variants, models=list(models), seeds=list(seeds),
+                   eval_dir=str(eval_dir) if eval_dir else None), out_dir / 'study.json')
+    return summarise(out_dir, n_boot=n_boot)
+
+# %% ../nbs/12_study.ipynb #st0012
+def _metrics(df: pd.DataFrame) -> np.ndarray:
+    "accuracy, macro-F1, ECE of one prediction table."
+    probs = df[[c for c in df.columns if c.startswith('p') and c[1:].isdigit()]].to_numpy()
+    y, pred = df['label'].to_numpy(), probs.argmax(1)
+    f1 = [2 * ((pred == k) & (y == k)).sum() / max(1, (pred == k).sum() + (y == k).sum()) for k in range(probs.shape[1])]
+    return np.array([(pred == y).mean(), float(np.mean(f1)), expected_calibration_error(probs, y)])
+
+def _group_boot(tables: dict[int, pd.DataFrame], idx: dict[int, list[np.ndarray]]) -> np.ndarray:
+    "Metrics averaged over seeds for one bootstrap draw (`idx`: per seed, the rows of each drawn group)."
+    return np.mean([_metrics(tables[s].iloc[np.concatenate(idx[s])]) for s in tables], axis=0)
+
+def summarise(out_dir: str | os.PathLike, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+    """One row per (variant, model): accuracy, macro-F1, ECE (means over seeds, with group-bootstrap intervals: groups of
+    each seed's test split drawn with replacement) and tumour-hidden accuracy (mean, min–max over seeds), and the paired
+    difference in accuracy to `full` under the same draws. Writes study_table.csv, study_report.md and study_plot.png."""
+    out_dir = check_path(out_dir, 'out_dir', 'dir')
+    res = []
+    for d in sorted((out_dir / 'runs').glob('*__*__s*')):
+        if (d / 'study_result.json').exists():
+            v, m, s = d.name.split('__')
+            res.append(dict(variant=v, model=m, seed=int(s[1:]), dir=d, **load_json(d / 'study_result.json')))
+    if not res: raise BrainMRIError(f"out_dir={str(out_dir)!r} holds no finished study run")
+    runs = pd.DataFrame(res)
+    rng = np.random.default_rng(seed)
+    preds = {(r.variant, r.model, r.seed): pd.read_csv(r.dir / 'study_preds.csv', dtype={'group': str}) for r in runs.itertuples()}
+    seeds = sorted(runs.seed.unique())
+    # the same bootstrap draws for every variant: paired differences
+    draws = []
+    for _ in range(n_boot):
+        draw = {}
+        for s in seeds:
+            t = next(p for (v, m, ss), p in preds.items() if ss == s)
+            groups = t['group'].unique()
+            draw[s] = rng.choice(groups, len(groups), replace=True)
+        draws.append(draw)
+    def boot(key_fn) -> np.ndarray:
+        tables = {s: key_fn(s) for s in seeds}
+        tables = {s: t for s, t in tables.items() if t is not None}
+        if not tables: return np.full((0, 3), np.nan)
+        out = []
+        for draw in draws:
+            idx = {s: [np.flatnonzero(tables[s]['group'].to_numpy() == g) for g in draw[s]] for s in tables}
+            out.append(_group_boot(tables, idx))
+        return np.array(out)
+    lo_q, hi_q = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
+    rows = []
+    for (v, m), g in runs.groupby(['variant', 'model'], sort=False):
+        point = np.mean([_metrics(preds[(v, m, s)]) for s in g.seed], axis=0)
+        b = boot(lambda s: preds.get((v, m, s)))
+        row = dict(variant=v, model=m, seeds=len(g), n_images=int(g.n.sum()), accuracy=point[0], macro_f1=point[1], ece=point[2],
+                   acc_tumour_hidden=g.acc_tumour_hidden.mean(), hidden_min=g.acc_tumour_hidden.min(), hidden_max=g.acc_tumour_hidden.max(),
+                   epochs_run=g.epochs_run.mean())
+        for j, k in enumerate(('accuracy', 'macro_f1', 'ece')):
+            row[f'{k}_lo'], row[f'{k}_hi'] = (np.percentile(b[:, j], [lo_q, hi_q]) if len(b) else (np.nan, np.nan))
+        if v != 'full' and ('full', m) in set(zip(runs.variant, runs.model)):
+            shared = [s for s in g.seed if ('full', m, s) in preds]
+            full_b = boot(lambda s: preds.get(('full', m, s)) if s in shared else None)
+            var_b = boot(lambda s: preds.get((v, m, s)) if s in shared else None)
+            diff = var_b[:, 0] - full_b[:, 0]
+            pt = np.mean([_metrics(preds[(v, m, s)])[0] - _metrics(preds[('full', m, s)])[0] for s in shared])
+            row.update(diff_acc_vs_full=pt, diff_lo=np.percentile(diff, lo_q) if len(diff) else np.nan,
+                       diff_hi=np.percentile(diff, hi_q) if len(diff) else np.nan)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    with atomic_write(out_dir / 'study_table.csv', 'w') as f: table.to_csv(f, index=False)
+    _plot(table, out_dir / 'study_plot.png')
+    with atomic_write(out_dir / 'study_report.md', 'w') as f: f.write(study_report(table, runs))
+    return table
+
+# %% ../nbs/12_study.ipynb #st0013
+def _verdict(r) -> str:
+    if not np.isfinite(r.get('diff_lo', np.nan)): return ''
+    if r['diff_lo'] > 0: return 'switching it off helps' if r['variant'].startswith('no_') else 'better than full'
+    if r['diff_hi'] < 0: return 'switching it off hurts' if r['variant'].startswith('no_') else 'worse than full'
+    return 'cannot be told apart'
+
+def study_report(table: pd.DataFrame, runs: pd.DataFrame) -> str:
+    "The study table as markdown, with what each paired difference says."
+    f = lambda x, d=3: '—' if x is None or not np.isfinite(x) else f'{x:.{d}f}'
+    lines = ['# Study', '', f"{len(runs)} runs; models {', '.join(sorted(runs.model.unique()))}; seeds {', '.join(map(str, sorted(runs.seed.unique())))} "
+             f"(each seed draws its own group split); scored on {runs.eval_store.iloc[0]}. Intervals: 95% group bootstrap "
+             'over the test groups of every seed; the difference to `full` is paired (same draws).', '',
+             '| variant | model | accuracy | macro-F1 | ECE | tumour hidden (min–max) | Δ accuracy vs full | verdict |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- |']
+    for _, r in table.iterrows():
+        d = (f"{f(r.get('diff_acc_vs_full'), 3)} ({f(r.get('diff_lo'))} to {f(r.get('diff_hi'))})"
+             if np.isfinite(r.get('diff_acc_vs_full', np.nan)) else '—')
+        lines.append(f"| {r.variant} | {r.model} | {f(r.accuracy)} ({f(r.accuracy_lo)}–{f(r.accuracy_hi)}) | "
+                     f"{f(r.macro_f1)} ({f(r.macro_f1_lo)}–{f(r.macro_f1_hi)}) | {f(r.ece)} ({f(r.ece_lo)}–{f(r.ece_hi)}) | "
+                     f"{f(r.acc_tumour_hidden)} ({f(r.hidden_min)}–{f(r.hidden_max)}) | {d} | {_verdict(r)} |")
+    return '\n'.join(lines) + '\n'
+
+def _plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib; import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(table) + 1.5), squeeze=False)
+    lab = [f'{v} / {m}' for v, m in zip(table.variant, table.model)]
+    yy = np.arange(len(table))
+    ax = axes[0][0]
+    ax.errorbar(table.accuracy, yy, xerr=[table.accuracy - table.accuracy_lo, table.accuracy_hi - table.accuracy], fmt='o')
+    ax.set(yticks=yy, yticklabels=lab, xlabel='accuracy (95% group bootstrap)'); ax.grid(alpha=.3); ax.invert_yaxis()
+    ax = axes[0][1]
+    if 'diff_acc_vs_full' in table:
+        d = table.diff_acc_vs_full.fillna(0)
+        ax.errorbar(d, yy, xerr=[(d - table.diff_lo).fillna(0), (table.diff_hi - d).fillna(0)], fmt='o', color='C1')
+    ax.axvline(0, color='k', lw=.8)
+    ax.set(yticks=yy, yticklabels=lab, xlabel='accuracy − full (paired, 95%)'); ax.grid(alpha=.3); ax.invert_yaxis()
+    fig.tight_layout()
+    with atomic_write(path) as f: fig.savefig(f, format='png', dpi=110)
+    plt.close(fig)
 
 # %% ../nbs/12_study.ipynb #st0015
 def study_cli(argv: Sequence[str] | None = None) -> int:
