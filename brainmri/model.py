@@ -15,7 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .core import BrainMRIError
 
 # %% auto #0
-__all__ = ['TrainOnlyNoise', 'ConvBlock', 'AdapterHead', 'ConcatHead', 'BasicCNNModel', 'create_model', 'count_flops']
+__all__ = ['MODELS', 'TrainOnlyNoise', 'ConvBlock', 'AdapterHead', 'ConcatHead', 'BasicCNNModel', 'ResNet18', 'SmallCNN',
+           'create_model', 'count_flops']
 
 # %% ../nbs/03_model.ipynb #efb2b408
 class TrainOnlyNoise(nn.Module):
@@ -112,6 +113,22 @@ def _get_act(act: str) -> Callable[[], nn.Module]:
     if act not in _ACTS: raise BrainMRIError(f"act={act!r} is not one of {sorted(_ACTS)}")
     return _ACTS[act]
 
+def _check_head_args(in_chans: int, n_classes: int) -> None:
+    if in_chans not in (1, 3): raise BrainMRIError(f"in_chans={in_chans!r} must be 1 (grayscale) or 3")
+    if not (isinstance(n_classes, int) and n_classes >= 2): raise BrainMRIError(f"n_classes={n_classes!r} must be an integer >= 2")
+
+def _check_image_batch(x: torch.Tensor, in_chans: int, min_size: int = 1, training: bool = False) -> None:
+    "Fail at the door on a wrong shape, channel count, dtype or size, and on a batch of 1 in training (BatchNorm needs 2)."
+    if x.ndim != 4: raise BrainMRIError(f"x has shape {tuple(x.shape)}: the model takes a batch B×C×H×W")
+    if x.shape[1] != in_chans:
+        raise BrainMRIError(f"x has {x.shape[1]} channel(s) but the model was built with in_chans={in_chans}")
+    if not x.is_floating_point():
+        raise BrainMRIError(f"x has dtype {x.dtype}: normalise images to float first (e.g. Normalize(mean 0.5, std 0.5) + ToTensorV2)")
+    if min(x.shape[2], x.shape[3]) < min_size:
+        raise BrainMRIError(f"x is {x.shape[2]}×{x.shape[3]} px, smaller than the model's minimum of {min_size} px")
+    if training and x.shape[0] < 2:
+        raise BrainMRIError(f"batch size {x.shape[0]} in training mode: BatchNorm needs at least 2 images (use drop_last)")
+
 def _nested(v, name: str, n_blocks: int) -> tuple[tuple[int, ...], ...]:
     "A per-block tuple of per-ConvBlock ints (JSON may hand us lists)."
     try: out = tuple(tuple(int(x) for x in blk) for blk in v)
@@ -149,8 +166,7 @@ class BasicCNNModel(nn.Module):
                  head_dropout: float = 0.0,          # dropout before the classifier
                  n_open: int = 1):                   # blocks open (trainable and run) at the start
         super().__init__()
-        if in_chans not in (1, 3): raise BrainMRIError(f"in_chans={in_chans!r} must be 1 (grayscale) or 3")
-        if not (isinstance(n_classes, int) and n_classes >= 2): raise BrainMRIError(f"n_classes={n_classes!r} must be an integer >= 2")
+        _check_head_args(in_chans, n_classes)
         if head not in ('adapter', 'concat'): raise BrainMRIError(f"head={head!r} must be 'adapter' or 'concat'")
         widths = _nested(widths, 'widths', 3)
         strides, dilations = _nested(strides, 'strides', 3), _nested(dilations, 'dilations', 3)
@@ -187,9 +203,12 @@ class BasicCNNModel(nn.Module):
         self.freeze_blocks_until(n_open)
 
     def _init_weights(self) -> None:
+        shortcuts = {id(b.shortcut) for b in self.modules() if isinstance(b, ConvBlock)}
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode='fan_in', nonlinearity='relu')
+                # a 1×1 shortcut is linear (no activation follows it): Kaiming's gain 1, not the ReLU gain √2,
+                # which doubles the variance at every projection and buries the residual branches
+                nn.init.kaiming_normal_(m.weight, mode='fan_in', nonlinearity='linear' if id(m) in shortcuts else 'relu')
                 if m.bias is not None: nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
                 nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
@@ -257,16 +276,7 @@ class BasicCNNModel(nn.Module):
         return self.set_regularisation(dropout_scale=scale)
 
     # -- forward ---------------------------------------------------------------------------------
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4: raise BrainMRIError(f"x has shape {tuple(x.shape)}: the model takes a batch B×C×H×W")
-        if x.shape[1] != self.in_chans:
-            raise BrainMRIError(f"x has {x.shape[1]} channel(s) but the model was built with in_chans={self.in_chans}")
-        if not x.is_floating_point():
-            raise BrainMRIError(f"x has dtype {x.dtype}: normalise images to float first (e.g. Normalize(mean 0.5, std 0.5) + ToTensorV2)")
-        if min(x.shape[2], x.shape[3]) < self.min_input_size:
-            raise BrainMRIError(f"x is {x.shape[2]}×{x.shape[3]} px, smaller than the model's minimum of {self.min_input_size} px")
-        if self.training and x.shape[0] < 2:
-            raise BrainMRIError(f"batch size {x.shape[0]} in training mode: the head's BatchNorm1d needs at least 2 images (use drop_last)")
+    def _check_input(self, x: torch.Tensor) -> None: _check_image_batch(x, self.in_chans, self.min_input_size, self.training)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         "Feature maps of the open blocks (closed blocks are not run)."
@@ -279,12 +289,97 @@ class BasicCNNModel(nn.Module):
         self._check_input(x)
         return self.head(self.forward_features(x))
 
-# %% ../nbs/03_model.ipynb #6234d7a1
-def create_model(**kwargs) -> BasicCNNModel:
-    "Build a `BasicCNNModel`; `create_model(**model.config)` rebuilds a model of the same architecture and depth."
-    return BasicCNNModel(**kwargs)
+# %% ../nbs/03_model.ipynb #zoo00002
+class _ResNetBasicBlock(nn.Module):
+    "torchvision's BasicBlock: conv3×3-BN-ReLU-conv3×3-BN plus the shortcut (1×1 conv + BN when the shape changes), then ReLU."
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False); self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False); self.bn2 = nn.BatchNorm2d(out_ch)
+        self.downsample = (nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+                           if stride != 1 or in_ch != out_ch else None)
 
-def count_flops(model: BasicCNNModel, img_size: int = 224, train_step: bool = False) -> int:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idt = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + idt)
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) from scratch with an `in_chans` stem, torchvision's layout and
+    parameter names (`conv1`, `bn1`, `layer1`–`layer4`, `fc`), so its weights load into
+    `torchvision.models.resnet18` and back. Progressive unfreezing does not apply (no `freeze_blocks_until`)."""
+    def __init__(self, in_chans: int = 1, n_classes: int = 3, widths: Sequence[int] = (64, 128, 256, 512),
+                 zero_init_residual: bool = True):   # last BN of each block starts at 0: each block starts as the identity
+        super().__init__()
+        _check_head_args(in_chans, n_classes)
+        self.config = dict(arch='resnet18', in_chans=in_chans, n_classes=n_classes, widths=[int(w) for w in widths],
+                           zero_init_residual=bool(zero_init_residual))
+        self.in_chans, self.n_classes = in_chans, n_classes
+        w0 = int(widths[0])
+        self.conv1 = nn.Conv2d(in_chans, w0, 7, 2, 3, bias=False); self.bn1 = nn.BatchNorm2d(w0)
+        self.relu = nn.ReLU(inplace=True); self.maxpool = nn.MaxPool2d(3, 2, 1)
+        c = w0
+        for i, w in enumerate(widths):
+            setattr(self, f'layer{i + 1}', nn.Sequential(_ResNetBasicBlock(c, int(w), 1 if i == 0 else 2), _ResNetBasicBlock(int(w), int(w))))
+            c = int(w)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, n_classes)
+        for m in self.modules():   # torchvision's init
+            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, _ResNetBasicBlock): nn.init.zeros_(m.bn2.weight)
+
+    def stages(self) -> list[nn.Module]: return [getattr(self, f'layer{i}') for i in range(1, 5)]
+    def cam_layer(self) -> nn.Module: return self.layer4
+    def trainable_parameters(self) -> list[nn.Parameter]: return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_image_batch(x, self.in_chans, 1, self.training)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for s in self.stages(): x = s(x)
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+# %% ../nbs/03_model.ipynb #zoo00004
+class SmallCNN(nn.Module):
+    """A plain CNN: `len(widths)` stages of conv3×3 → BatchNorm → ReLU → MaxPool(2), global average
+    pool, dropout, linear (the network of `bench/bench_data.py`'s sample check). Each pooling stage doubles
+    the receptive field, so four stages see most of a 64-px image. Progressive unfreezing does not apply."""
+    def __init__(self, in_chans: int = 1, n_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 64),
+                 dropout: float = 0.2):   # before the classifier
+        super().__init__()
+        _check_head_args(in_chans, n_classes)
+        if not 0.0 <= dropout < 1.0: raise BrainMRIError(f"dropout={dropout!r} must lie in [0, 1)")
+        self.config = dict(arch='small_cnn', in_chans=in_chans, n_classes=n_classes, widths=[int(w) for w in widths],
+                           dropout=float(dropout))
+        self.in_chans, self.n_classes = in_chans, n_classes
+        stages, c = [], in_chans
+        for w in widths:
+            stages.append(nn.Sequential(nn.Conv2d(c, int(w), 3, padding=1), nn.BatchNorm2d(int(w)), nn.ReLU(), nn.MaxPool2d(2)))
+            c = int(w)
+        self.features = nn.Sequential(*stages)
+        self.drop, self.classifier = nn.Dropout(dropout), nn.Linear(c, n_classes)
+        self.min_input_size = 2 ** len(widths)
+
+    def cam_layer(self) -> nn.Module: return self.features[-1][2]   # the last ReLU, before its pooling
+    def trainable_parameters(self) -> list[nn.Parameter]: return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_image_batch(x, self.in_chans, self.min_input_size, self.training)
+        return self.classifier(self.drop(_pool(self.features(x))))
+
+
+# %% ../nbs/03_model.ipynb #6234d7a1
+MODELS: dict[str, type[nn.Module]] = {'basic': BasicCNNModel, 'resnet18': ResNet18, 'small_cnn': SmallCNN}
+
+def create_model(arch: str = 'basic', **kwargs) -> nn.Module:
+    "Build model `arch` (`MODELS`: 'basic' is `BasicCNNModel`); `create_model(**model.config)` rebuilds the same architecture and depth."
+    if arch not in MODELS: raise BrainMRIError(f"model={arch!r} is not one of {', '.join(MODELS)}")
+    return MODELS[arch](**kwargs)
+
+def count_flops(model: nn.Module, img_size: int = 224, train_step: bool = False) -> int:
     """FLOPs per image of `model` at its current depth on `img_size`² inputs, counted by
     `torch.utils.flop_counter` on a meta-device twin (no memory, no compute). `train_step` counts
     forward + backward (in train mode)."""

@@ -21,7 +21,7 @@ from .core import (BrainMRIError, check_bool, check_channels, check_choice, chec
 from .data import (CustomTumorDataset, PreparedStore, check_classes, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
 from .augment import AugmentConfig, PhaseTransform, eval_transform
-from .model import create_model
+from .model import MODELS, create_model
 from .schedule import ScheduleConfig
 from .losses import make_loss
 from .learner import Learner
@@ -76,6 +76,7 @@ class TrainConfig:
     balance_beta: float = 0.999         # effective-number class weights (Cui et al. 2019)
     weighted_sampler: bool = True       # also draw classes evenly (WeightedRandomSampler)
     head: str = 'adapter'               # adapter or concat
+    model: str = 'basic'                # basic (BasicCNNModel), resnet18 (from scratch, 1-channel stem) or small_cnn (4 conv stages)
     dropouts: tuple = (0.1, 0.2, 0.3)   # Dropout2d p of the ConvBlocks of block 1, 2, 3
     noise_std: float = 0.02             # std of the train-only Gaussian noise in every ConvBlock
     # speed
@@ -135,6 +136,7 @@ class TrainConfig:
         if self.val_frac + self.test_frac >= 1: raise BrainMRIError(f'val_frac + test_frac = {self.val_frac + self.test_frac:g} must be < 1')
         if isinstance(self.amp, bool) or self.amp is None: self.amp = {True: 'auto', False: 'none', None: 'none'}[self.amp]
         check_choice(self.amp, 'amp', AMP_CHOICES); check_choice(self.head, 'head', HEADS); check_choice(self.loss, 'loss', ('ce', 'focal'))
+        check_choice(self.model, 'model', tuple(MODELS))
         if isinstance(self.gpu_data, bool): self.gpu_data = 'on' if self.gpu_data else 'off'
         check_choice(self.gpu_data, 'gpu_data', ('auto', 'on', 'off'))
         for name in ('cache', 'overwrite', 'resume', 'compile', 'scale_milestones', 'allow_block3', 'evaluate', 'tta', 'weighted_sampler', *MECHANISMS):
@@ -170,9 +172,18 @@ class TrainConfig:
 REFERENCE_EPOCHS = 60
 
 # %% ../nbs/10_run.ipynb #c008
+# the recipe's mechanisms that act on validation metrics: on 70-90 validation slices they act on noise
+_VAL_DRIVEN_OFF = dict(rollback=False, class_penalty=False, lr_nudge=False, dynamic_regularisation=False)
+
 PRESETS: dict[str, dict[str, Any]] = {
     'default': {},
-    'sample': dict(img_size=64, prep_size=128, epochs=10, batch_size=16, grad_accum=1, workers=2, n_boot=300),
+    'sample': dict(img_size=32, prep_size=128, epochs=20, batch_size=16, grad_accum=1, workers=2, n_boot=300,
+                   lr=3e-3, open_block2_at=0, scale_milestones=False, mixup=False, weighted_sampler=False, **_VAL_DRIVEN_OFF),
+    # brainmri_study on ../shared/data/figshare-jpg (2402 slices) on 2 CPU cores in about an hour: 20 runs
+    # (full, plain, each mechanism off; seeds 0-1), the recipe as the original has it, at 32 px and 8 epochs
+    'cpu-study': dict(img_size=32, prep_size=128, epochs=8, batch_size=32, grad_accum=1, workers=1, n_boot=0),
+    # the same study on one GPU: the original's 224 px and 60 epochs
+    'gpu-study': dict(img_size=224, prep_size=256, epochs=60, batch_size=32, grad_accum=4, workers=4, n_boot=0),
 }
 
 def merge_params(*layers: dict) -> dict:
@@ -308,8 +319,12 @@ def build_data(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLik
 
 # %% ../nbs/10_run.ipynb #c017
 def build_model(cfg: TrainConfig, n_classes: int = 3):
-    "BasicCNNModel for `cfg` (block 1 open; progressive unfreezing opens the others)."
-    return create_model(in_chans=cfg.channels, n_classes=n_classes, head=cfg.head, dropouts=cfg.dropouts, noise_std=cfg.noise_std)
+    "The model `cfg.model` names: BasicCNNModel (block 1 open; progressive unfreezing opens the others), ResNet-18 or SmallCNN."
+    if cfg.model == 'basic':
+        return create_model(in_chans=cfg.channels, n_classes=n_classes, head=cfg.head, dropouts=cfg.dropouts, noise_std=cfg.noise_std)
+    for on, mech in ((cfg.progressive_unfreeze, 'progressive unfreezing'), (cfg.dynamic_regularisation, 'dynamic regularisation')):
+        if on: log(f"model={cfg.model}: {mech} is off (it acts on BasicCNNModel's blocks and dropout layers, which this model does not have)", 'warn')
+    return create_model(cfg.model, in_chans=cfg.channels, n_classes=n_classes)
 
 def recipe_callbacks(cfg: TrainConfig) -> list:
     "The adaptive mechanisms for `cfg`: each switch on or off, milestones stretched to the run's length."
