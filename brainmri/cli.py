@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 
 from fastcore.docments import docments
 
-from .core import BrainMRIError, atomic_write, load_json, log, console
-from .run import PRESETS, TrainConfig, config_with_preset, list_runs, merge_params, plot_runs, run_training
+from .core import BrainMRIError, check_names, atomic_write, load_json, log, console
+from .run import PRESETS, RUN_RECORD_KEYS, TrainConfig, config_with_preset, list_runs, merge_params, plot_runs, run_training
 
 # %% auto #0
 __all__ = ['run_command', 'HelpFormatter', 'train_parser', 'train_config_from_args', 'train_cli', 'evaluate_cli', 'predict_cli',
@@ -132,7 +132,9 @@ def train_config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     base = {}
     if config:
-        base = {k: v for k, v in load_json(config).items() if k in names}
+        raw = load_json(config)
+        check_names([k for k in raw if k not in RUN_RECORD_KEYS], names, f'parameter (in --config {config})')
+        base = {k: v for k, v in raw.items() if k in names}
         base.pop('run_dir', None)  # a copied params.json must not write into the run it came from
     given = {k: v for k, v in a.items() if v is not None and '.' not in k}
     for k, v in a.items():   # dotted options over the group's JSON object

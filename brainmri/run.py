@@ -31,12 +31,12 @@ from .evaluate import evaluate_run
 from .runfolder import load_split, save_split
 
 # %% auto #0
-__all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'NOTEBOOK_PARAMETERS', 'TrainConfig',
-           'merge_params', 'config_with_preset', 'config_from_notebook', 'default_run_dir', 'environment', 'start_run',
-           'is_store', 'get_store', 'use_gpu_data', 'augment_config', 'run_split', 'build_data', 'build_model',
-           'recipe_callbacks', 'data_meta', 'build_learner', 'run_training', 'list_runs', 'latest_run', 'show',
-           'plot_runs', 'plot_history', 'print_actions', 'split_counts', 'plot_examples', 'describe_model',
-           'show_evaluation']
+__all__ = ['AMP_CHOICES', 'HEADS', 'MECHANISMS', 'REFERENCE_EPOCHS', 'PRESETS', 'NOTEBOOK_PARAMETERS', 'RUN_RECORD_KEYS',
+           'TrainConfig', 'merge_params', 'config_with_preset', 'config_from_notebook', 'default_run_dir',
+           'environment', 'start_run', 'is_store', 'get_store', 'use_gpu_data', 'augment_config', 'run_split',
+           'build_data', 'build_model', 'recipe_callbacks', 'data_meta', 'build_learner', 'run_training', 'list_runs',
+           'latest_run', 'show', 'plot_runs', 'plot_history', 'print_actions', 'split_counts', 'plot_examples',
+           'describe_model', 'show_evaluation']
 
 # %% ../nbs/10_run.ipynb #c006
 AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
@@ -230,6 +230,9 @@ def environment() -> dict:
     dev = get_device('auto')
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores'
     return {'python': platform.python_version(), 'torch': torch.__version__, 'device_name': name, 'platform': platform.platform()}
+
+# what params.json holds beside the parameters: a copied params.json given as --config may carry them
+RUN_RECORD_KEYS = ('mean', 'std', 'store', 'environment', 'started', 'resumed')
 
 def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
     "Make the run folder for `cfg` (refusing another run's folder unless overwrite/resume) and write params.json."
