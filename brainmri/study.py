@@ -15,6 +15,7 @@ import torch
 
 from .core import BrainMRIError, atomic_write, check_path, load_json, log, save_json
 from .data import CustomTumorDataset, load_store, split_by_group
+from .runfolder import load_split
 from .augment import eval_transform
 from .model import MODELS
 from .run import MECHANISMS, PRESETS, config_with_preset, run_training
@@ -53,7 +54,8 @@ def score_run(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | None = N
     run_dir = check_path(run_dir, 'run_dir', 'dir')
     params = load_json(run_dir / 'params.json')
     run_store = load_store(params['store'])
-    splits = split_by_group(run_store, params['val_frac'], params['test_frac'], seed=params['seed'])
+    splits = load_split(run_dir, run_store)      # the split the run trained on (split.json)
+    if splits is None: splits = split_by_group(run_store, params['val_frac'], params['test_frac'], seed=params['seed'])
     ext = load_store(eval_dir) if eval_dir else run_store
     ev_splits = _external_splits(run_store, ext, splits) if eval_dir else splits
     if not len(ev_splits['test']): raise BrainMRIError(f"eval_dir={str(eval_dir)!r} holds no slice of the run's test groups")
