@@ -111,8 +111,8 @@ class ProgressiveUnfreeze(AdaptiveCallback):
         if not self._supported(): return
         e, target = self.learn.epoch, self.target_depth(self.learn.epoch)
         if target <= self.learn.model.n_open: return
-        why = (f'epoch {e} ≥ open_block3_at={self.open_block3_at} and allow_block3' if target >= 3
-               else f'epoch {e} ≥ open_block2_at={self.open_block2_at}')
+        why = (f'{e} epochs done ≥ open_block3_at={self.open_block3_at} and allow_block3' if target >= 3
+               else f'{e} epochs done ≥ open_block2_at={self.open_block2_at}')
         self._open(target, why)
 
 # %% ../nbs/06_callbacks.ipynb #c017
@@ -143,7 +143,7 @@ class MixupCallback(AdaptiveCallback):
         self.cur_alpha = self.alpha_at(self.learn.epoch)
         on = self.cur_alpha > 0
         if on != self.was_on:
-            if on: self.act(f'mixup on, alpha {self.cur_alpha:.3g}', f'alpha decays linearly from {self.alpha:g} at epoch 0 to 0 at end_epoch={self.end_epoch:g}')
+            if on: self.act(f'mixup on, alpha {self.cur_alpha:.3g}', f'alpha decays linearly from {self.alpha:g} in the first epoch to 0 after end_epoch={self.end_epoch:g} epochs')
             elif self.was_on is not None: self.act('mixup off', f'alpha reached 0 at end_epoch={self.end_epoch:g}')
             self.was_on = on
 
@@ -232,8 +232,8 @@ class SWACallback(AdaptiveCallback):
         self._pause_sched()
         self.swa_sched = None
         self._bind(); self.lr = l.lr_now; self._step_lr()
-        self.act(f'SWA on: averaging weights from epoch {l.epoch}, lr → {self.swa_lr:g} (SWALR, {self.anneal_epochs}-epoch {self.anneal_strategy} anneal)',
-                 f'epoch {l.epoch} ≥ swa_start={self.swa_start}; SWALR now sets the lr and the composite schedule is paused')
+        self.act(f'SWA on: averaging weights from epoch {l.epoch + 1}, lr → {self.swa_lr:g} (SWALR, {self.anneal_epochs}-epoch {self.anneal_strategy} anneal)',
+                 f'{l.epoch} epochs done ≥ swa_start={self.swa_start}; SWALR now sets the lr and the composite schedule is paused')
 
     def _apply_pending(self):
         s, self._pending = self._pending, None
@@ -337,8 +337,8 @@ class EarlyStopping(AdaptiveCallback):
         self.wait += 1
         if self.wait >= self.patience:
             why = (f'no {self.monitor} improvement for {self.wait} epochs (patience={self.patience}; best '
-                   + (f'{self.best:.4f} at epoch {self.best_epoch})' if self.best is not None else 'none)'))
-            self.act(f'stopped training after epoch {l.epoch}', why)
+                   + (f'{self.best:.4f} at epoch {self.best_epoch + 1})' if self.best is not None else 'none)'))
+            self.act(f'stopped training after epoch {l.epoch + 1}', why)
             raise RunFinished(f'early stopping: {why}')
 
     def after_fit(self):
@@ -347,8 +347,8 @@ class EarlyStopping(AdaptiveCallback):
         last = l.history[-1]['epoch'] if l.history else None
         if not self.restore_best or self.best_state is None or self.best_epoch == last: return
         l.model.load_state_dict(self.best_state)
-        self.act(f'restored the weights of epoch {self.best_epoch} ({self.monitor} {self.best:.4f})',
-                 f'early stopping keeps the best epoch (the last one, {last}, was not)')
+        self.act(f'restored the weights of epoch {self.best_epoch + 1} ({self.monitor} {self.best:.4f})',
+                 f'early stopping keeps the best epoch (the last one, {last + 1}, was not)')
 
 # %% ../nbs/06_callbacks.ipynb #c033
 class Rollback(AdaptiveCallback):
@@ -390,10 +390,10 @@ class Rollback(AdaptiveCallback):
         if self.good_acc is None: return None
         drop = self.good_acc - acc
         if drop >= self.acc_drop - 1e-9:
-            return f'val_acc {acc:.4f} is {drop:.4f} under epoch {self.good_epoch} ({self.good_acc:.4f}); acc_drop={self.acc_drop:g}'
+            return f'val_acc {acc:.4f} is {drop:.4f} under epoch {self.good_epoch + 1} ({self.good_acc:.4f}); acc_drop={self.acc_drop:g}'
         if loss is not None and not _finite(loss): return f'val_loss is {loss}'
         if _finite(loss) and _finite(self.good_loss) and loss - self.good_loss >= self.loss_rise - 1e-9:
-            return f'val_loss {loss:.4f} is {loss - self.good_loss:.4f} over epoch {self.good_epoch} ({self.good_loss:.4f}); loss_rise={self.loss_rise:g}'
+            return f'val_loss {loss:.4f} is {loss - self.good_loss:.4f} over epoch {self.good_epoch + 1} ({self.good_loss:.4f}); loss_rise={self.loss_rise:g}'
         return None
 
     def after_epoch(self):
@@ -420,7 +420,7 @@ class Rollback(AdaptiveCallback):
         self.n_rollbacks, self.last_rollback_epoch = self.n_rollbacks + 1, int(l.epoch)
         for cb in l.cbs:
             if cb is not self and cb.enabled and hasattr(cb, 'after_restore'): cb.after_restore()
-        where = f'the state after epoch {self.good_epoch}' if self.good_epoch is not None else 'the state training started from'
+        where = f'the state after epoch {self.good_epoch + 1}' if self.good_epoch is not None else 'the state training started from'
         self.act(f'rolled back to {where} (rollback {self.n_rollbacks}/{self.max_rollbacks})', why)
 
     def on_rollback_request(self, reason: str) -> bool:
@@ -482,7 +482,7 @@ class ClassPenalty(AdaptiveCallback):
         if e > self.start_epoch and (e - self.start_epoch) % self.renorm_every == 0:
             w = w0 / w0.mean()
             l.class_weights = w
-            self.act(f'class weights renormalised {_fmt(w0, 4)} → {_fmt(w, 4)}', f'mean weight back to 1 every renorm_every={self.renorm_every} epochs from epoch {self.start_epoch}')
+            self.act(f'class weights renormalised {_fmt(w0, 4)} → {_fmt(w, 4)}', f'mean weight back to 1 every renorm_every={self.renorm_every} epochs after the first {self.start_epoch}')
 
 # %% ../nbs/06_callbacks.ipynb #c049
 class DynamicRegularisation(AdaptiveCallback):
@@ -580,7 +580,7 @@ class DynamicAugmentation(AdaptiveCallback):
         b = getattr(getattr(tfm, 'cfg', None), 'boundaries', None)
         name = self.PHASES[ph] if ph < len(self.PHASES) else str(ph)
         self.act(f'augmentation phase {"" if self.phase is None else f"{self.phase} → "}{ph} ({name})',
-                 f'epoch {l.epoch}' + (f'; phases start at epochs 0, {b[0]}, {b[1]}' if b else ''))
+                 f'{l.epoch} epochs done' + (f'; the phases start after 0, {b[0]} and {b[1]} epochs' if b else ''))
         self.phase = ph
 
 # %% ../nbs/06_callbacks.ipynb #c059
