@@ -5,6 +5,7 @@
 # %% ../nbs/12_study.ipynb #st0005
 from __future__ import annotations
 import os
+import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -107,7 +108,10 @@ def run_study(data_dir: str | os.PathLike, out_dir: str | os.PathLike, preset: s
     if jobs <= 1:
         for s in todo: _run_one(s, *args)
     else:
-        with ProcessPoolExecutor(jobs) as ex: list(ex.map(_run_one, todo, *[[a] * len(todo) for a in args]))
+        # fresh (spawned) workers: a forked one would inherit a Jupyter kernel's sockets and write into the notebook's
+        # output from several processes at once (papermill then fails on the interleaved progress bars)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn')) as ex:
+            list(ex.map(_run_one, todo, *[[a] * len(todo) for a in args]))
     save_json(dict(preset=preset, params=base, variants=variants, models=list(models), seeds=list(seeds),
                    eval_dir=str(eval_dir) if eval_dir else None), out_dir / 'study.json')
     return summarise(out_dir, n_boot=n_boot)

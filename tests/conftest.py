@@ -35,3 +35,12 @@ def bin_path(name: str) -> str:
     "A console script of this venv."
     p = Path(sys.executable).parent / name
     return str(p) if p.exists() else name
+
+def small_source(dest: Path, per_class: int) -> Path:
+    "Class folders with the first `per_class` slices of each class of the bundled sample, with their manifest rows."
+    import pandas as pd
+    man = pd.read_csv(ROOT / 'data' / 'sample' / 'manifest.csv')
+    keep = man.groupby('label').head(per_class)
+    for f in keep.file: (dest / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy(ROOT / 'data' / 'sample' / f, dest / f)
+    keep.to_csv(dest / 'manifest.csv', index=False)
+    return dest

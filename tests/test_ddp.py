@@ -124,24 +124,14 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert c['val_acc'] == pytest.approx(c['full_acc'], abs=1e-9)
 
 
-def _small_source(dest: Path, per_class: int) -> Path:
-    "Class folders with the first `per_class` slices of each class of the bundled sample (with their manifest rows)."
-    import pandas as pd, shutil
-    man = pd.read_csv(ROOT / 'data' / 'sample' / 'manifest.csv')
-    keep = man.groupby('label').head(per_class)
-    for f in keep.file: (dest / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy(ROOT / 'data' / 'sample' / f, dest / f)
-    keep.to_csv(dest / 'manifest.csv', index=False)
-    return dest
-
-
 def test_torchrun_brainmri_train_end_to_end(tmp_path):
     """`torchrun --nproc-per-node 2 brainmri_train` on the CPU (Gloo): one prepare, one run folder written by rank 0 alone,
     and the test accuracy of a single-process run with the same global batch, within that run's own 95% group-bootstrap
     interval. Random draws that differ per rank (dropout, noise, mixup) are off; what remains is the head's BatchNorm
     seeing 8 images per rank instead of 16, so the runs are close, not identical. On 16 test images one image is 0.06:
     measured here 0.63 / 0.44 and 0.50 / 0.75 (DDP / single) with intervals about ±0.25 wide."""
-    from conftest import bin_path
-    src = _small_source(tmp_path / 'raw', 40)
+    from conftest import bin_path, small_source
+    src = small_source(tmp_path / 'raw', 40)
     (tmp_path / 'settings.ini').write_text('[DEFAULT]\nlib_name = brainmri\n')   # a project folder: runs/ lands here
     env = {**os.environ, 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", 'OMP_NUM_THREADS': '1',
            'MPLBACKEND': 'Agg', 'COLUMNS': '200'}

@@ -3,12 +3,11 @@ import json, os, subprocess
 from pathlib import Path
 import pandas as pd
 import pytest
-from conftest import ROOT, bin_path
-from test_train_notebook import _small_source
+from conftest import ROOT, bin_path, small_source
 
 @pytest.mark.slow
 def test_papermill_study_notebook(tmp_path):
-    data = _small_source(tmp_path / 'raw', per_class=24)
+    data = small_source(tmp_path / 'raw', per_class=24)
     out, nb = tmp_path / 'study', tmp_path / 'study.ipynb'
     env = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONPATH': str(ROOT)}
     params = json.dumps(dict(store_dir=str(tmp_path / 'store'), epochs=1, img_size=32, prep_size=32, batch_size=16,
