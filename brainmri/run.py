@@ -158,12 +158,6 @@ class TrainConfig:
         get_device(self.device)  # an unknown or absent device stops here
         return self
 
-    @classmethod
-    def from_namespace(cls, ns: dict, **overrides) -> 'TrainConfig':
-        "A config from the variables of a namespace (the notebook's globals after the parameters cell)."
-        names = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in ns.items() if k in names}, **overrides})
-
     def milestone(self, epoch: int) -> int:
         "`epoch` of the 60-epoch recipe, stretched to this run's length when `scale_milestones`."
         if not self.scale_milestones or self.epochs == REFERENCE_EPOCHS: return int(epoch)
