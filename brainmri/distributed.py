@@ -63,28 +63,30 @@ def launched_distributed() -> bool:
     "True in a process that torchrun started with more than one rank (WORLD_SIZE > 1)."
     return int(os.environ.get('WORLD_SIZE', '1')) > 1
 
-def _rank0_outcome(f: Callable, *args, **kwargs):
-    "Run `f` on rank 0 and tell every rank how it went: its result, or the bad-input error it raised (the others raise it too)."
-    outcome = [None]
+def _on_rank0(f: Callable, args: tuple, kwargs: dict, share: bool):
+    """Run `f` on rank 0 and tell every rank how it went: its result (sent to the others only when `share`), or the
+    error it raised, which every rank then raises too (a bad-input error as itself, anything else re-raised on rank 0)."""
+    result, failure, outcome = None, None, [None]
     if dist.get_rank() == 0:
-        try: outcome = [('ok', f(*args, **kwargs))]
+        try: result = f(*args, **kwargs); outcome = [('ok', result if share else None)]
         except BrainMRIError as e: outcome = [('error', str(e))]
-        except BaseException as e: outcome = [('error', f'rank 0 failed: {type(e).__name__}: {e}')]; dist.broadcast_object_list(outcome, 0); raise
+        except BaseException as e: failure, outcome = e, [('error', f'rank 0 failed: {type(e).__name__}: {e}')]
     dist.broadcast_object_list(outcome, 0)
+    if failure is not None: raise failure
     if outcome[0][0] == 'error': raise BrainMRIError(outcome[0][1])
-    return outcome[0][1]
+    return result if dist.get_rank() == 0 else outcome[0][1]
 
 def rank0_first(f: Callable, *args, **kwargs):
     """`f(*args, **kwargs)` on rank 0 first, then on the other ranks (which find what rank 0 made, e.g. a prepared store).
     When rank 0 fails, every rank stops with its error instead of waiting for it."""
     if world_size() == 1: return f(*args, **kwargs)
-    out = _rank0_outcome(f, *args, **kwargs)
+    out = _on_rank0(f, args, kwargs, share=False)   # only whether it worked crosses to the other ranks
     return out if dist.get_rank() == 0 else f(*args, **kwargs)
 
 def rank0_only(f: Callable, *args, **kwargs):
     "`f(*args, **kwargs)` on rank 0 alone (e.g. choosing and writing the run folder); every rank gets its result, or its error."
     if world_size() == 1: return f(*args, **kwargs)
-    return _rank0_outcome(f, *args, **kwargs)
+    return _on_rank0(f, args, kwargs, share=True)
 
 # %% ../nbs/04b_distributed.ipynb #c010
 def epoch_seed(seed: int, epoch: int) -> int:
