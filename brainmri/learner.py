@@ -261,7 +261,7 @@ def _do_epoch_validate(self: Learner) -> None:
 # %% ../nbs/05_learner.ipynb #c016
 @patch
 def validate(self: Learner, dl: DataLoader | None = None, return_preds: bool = False, prefix: str = 'val_') -> dict:
-    "Loss, accuracy, macro-F1 and per-class accuracy on `dl` (default: valid_dl), over all ranks; with `return_preds` also `logits` and `labels` (CPU, dataset order)."
+    "Loss, accuracy, macro-F1, per-class accuracy and the counts they rest on (`n`, `class_n`) on `dl` (default: valid_dl), over all ranks; with `return_preds` also `logits` and `labels` (CPU, dataset order)."
     dl = self.valid_dl if dl is None else (distribute_loader(dl, train=False) if self.distributed else dl)
     if dl is None: raise BrainMRIError('validate: no dl given and valid_dl is None')
     was_training = self.model.training
@@ -283,7 +283,9 @@ def validate(self: Learner, dl: DataLoader | None = None, return_preds: bool = F
     for t in (cm, loss_sum, count): self.all_reduce(t)
     m = confusion_metrics(cm)
     out = {f'{prefix}loss': (loss_sum / count.clamp(min=1)).item(), f'{prefix}acc': m['acc'],
-           f'{prefix}f1': m['f1'], f'{prefix}class_acc': m['class_acc']}
+           f'{prefix}f1': m['f1'], f'{prefix}class_acc': m['class_acc'],
+           # how many samples (per class) the accuracies rest on: the adaptive callbacks size their thresholds by them
+           f'{prefix}n': int(cm.sum().item()), f'{prefix}class_n': cm.sum(1).tolist()}
     if return_preds:
         logits = torch.cat(logits) if logits else torch.zeros(0, self.n_classes)
         labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
