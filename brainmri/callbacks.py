@@ -16,6 +16,7 @@ from .core import BrainMRIError, atomic_write, check_bool, check_int, check_numb
 from .checkpoint import checkpoint_meta
 from .learner import Callback, CancelFitException, LRScheduleCallback, RunFinished
 from .losses import mixup_batch, mixup_criterion
+from .metrics import accuracy_se
 from .schedule import mixup_alpha
 
 # %% auto #0
@@ -41,6 +42,15 @@ class AdaptiveCallback(Callback):
     def act(self, what: str, why: str) -> dict:
         "Record an action of this callback (epoch, what changed, why) in the history, actions.json and the console."
         return self.learn.log_action(self.name, what, why)
+
+    def noise_floor(self, base: float, name: str, se_margin: float, acc, n) -> tuple[float, str]:
+        "max(`base`, `se_margin` × SE of accuracy `acc` on `n` samples), and the reason: `name=base`, or the SE term when it binds."
+        if se_margin > 0 and not _finite(n):
+            self.warn_once('val_n', "the metrics carry no validation size ('val_n', 'val_class_n'): thresholds are not raised to the validation noise")
+        t = se_margin * accuracy_se(acc, n) if se_margin > 0 and _finite(n) and _finite(acc) else float('nan')
+        if math.isfinite(t) and t > base:
+            return t, f'{t:.3f} = {se_margin:g} SE of accuracy {float(acc):.3f} on {int(n)} validation slices (> {name}={base:g})'
+        return base, f'{name}={base:g}'
 
     def warn_once(self, key: str, msg: str) -> None:
         "Print `msg` as a warning the first time `key` comes up."
@@ -309,6 +319,7 @@ class EarlyStopping(AdaptiveCallback):
                  patience: int = 18,          # epochs without improvement before stopping
                  monitor: str = 'val_acc',    # metric to watch; higher is better unless it ends in 'loss'
                  min_delta: float = 0.0,      # an improvement must exceed this
+                 se_margin: float = 1.0,      # ... and this many SE of the best accuracy on the validation set's size (0: off)
                  restore_best: bool = True,   # put the best epoch's weights back at the end of the fit
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
@@ -316,28 +327,37 @@ class EarlyStopping(AdaptiveCallback):
         if not isinstance(monitor, str) or not monitor: raise BrainMRIError(f"monitor={monitor!r} must be a metric name such as 'val_acc'")
         self.monitor, self.mode = monitor, ('min' if monitor.endswith('loss') else 'max')
         self.min_delta = check_number(min_delta, 'min_delta', lo=0)
+        self.se_margin = check_number(se_margin, 'se_margin', lo=0)
         self.restore_best = check_bool(restore_best, 'restore_best')
         self.reset()
 
     def reset(self): self.best, self.best_epoch, self.wait, self.best_state = None, None, 0, None
 
-    def improved(self, value) -> bool:
-        "Whether `value` beats the best so far by more than `min_delta`."
+    def threshold(self, n=None) -> tuple[float, str]:
+        "How much a value must beat the best by, and why: `min_delta`, or `se_margin` SE of the best accuracy on `n` samples."
+        if self.mode == 'min' or not self.monitor.endswith('_acc') or self.best is None: return self.min_delta, f'min_delta={self.min_delta:g}'
+        return self.noise_floor(self.min_delta, 'min_delta', self.se_margin, self.best, n)
+
+    def improved(self, value, n=None) -> bool:
+        "Whether `value` beats the best so far by more than the threshold (`n`: samples the accuracy rests on)."
         if not _finite(value): return False
         if self.best is None: return True
-        return value > self.best + self.min_delta if self.mode == 'max' else value < self.best - self.min_delta
+        d = self.threshold(n)[0]
+        return value > self.best + d if self.mode == 'max' else value < self.best - d
 
     def after_epoch(self):
         l = self.learn
-        v = l.metrics.get(self.monitor)
-        if self.improved(v):
+        v, n = l.metrics.get(self.monitor), l.metrics.get(self.monitor[:-3] + 'n' if self.monitor.endswith('_acc') else None)
+        if self.improved(v, n):
             self.best, self.best_epoch, self.wait = float(v), int(l.epoch), 0
             if self.restore_best: self.best_state = {k: t.detach().clone() for k, t in l.model.state_dict().items()}
             return
         self.wait += 1
         if self.wait >= self.patience:
+            d, reason = self.threshold(n)
             why = (f'no {self.monitor} improvement for {self.wait} epochs (patience={self.patience}; best '
-                   + (f'{self.best:.4f} at epoch {self.best_epoch + 1})' if self.best is not None else 'none)'))
+                   + (f'{self.best:.4f} at epoch {self.best_epoch + 1}' if self.best is not None else 'none')
+                   + (f'; an improvement must exceed {reason})' if ' SE ' in reason else ')'))
             self.act(f'stopped training after epoch {l.epoch + 1}', why)
             raise RunFinished(f'early stopping: {why}')
 
@@ -361,12 +381,14 @@ class Rollback(AdaptiveCallback):
                  loss_rise: float = 0.25,    # so is a val-loss rise of at least this (absolute)
                  max_rollbacks: int = 10,    # at most this many rollbacks in a fit
                  cooldown: int = 5,          # epochs after a rollback in which no other follows
+                 se_margin: float = 2.0,     # the accuracy drop must also reach this many SE of the good accuracy (0: off)
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
         self.acc_drop = check_number(acc_drop, 'acc_drop', lo=0, lo_open=True)
         self.loss_rise = check_number(loss_rise, 'loss_rise', lo=0, lo_open=True)
         self.max_rollbacks = check_int(max_rollbacks, 'max_rollbacks', lo=0)
         self.cooldown = check_int(cooldown, 'cooldown', lo=0)
+        self.se_margin = check_number(se_margin, 'se_margin', lo=0)
         self.reset(); self.snap, self._want_snap = None, True
 
     def reset(self):
@@ -385,12 +407,13 @@ class Rollback(AdaptiveCallback):
         snap['cbs'] = {}                      # a rollback restores no callback's state (see _rollback): keep none
         self.snap, self._want_snap = snap, False
 
-    def regression(self, acc: float, loss: float | None) -> str | None:
-        "Why (`acc`, `loss`) is a regression against the last good epoch, or None."
+    def regression(self, acc: float, loss: float | None, n: int | None = None) -> str | None:
+        "Why (`acc`, `loss`) is a regression against the last good epoch (`n`: validation samples), or None."
         if self.good_acc is None: return None
         drop = self.good_acc - acc
-        if drop >= self.acc_drop - 1e-9:
-            return f'val_acc {acc:.4f} is {drop:.4f} under epoch {self.good_epoch + 1} ({self.good_acc:.4f}); acc_drop={self.acc_drop:g}'
+        limit, reason = self.noise_floor(self.acc_drop, 'acc_drop', self.se_margin, self.good_acc, n)
+        if drop >= limit - 1e-9:
+            return f'val_acc {acc:.4f} is {drop:.4f} under epoch {self.good_epoch + 1} ({self.good_acc:.4f}); ' + (f'threshold {reason}' if ' SE ' in reason else reason)
         if loss is not None and not _finite(loss): return f'val_loss is {loss}'
         if _finite(loss) and _finite(self.good_loss) and loss - self.good_loss >= self.loss_rise - 1e-9:
             return f'val_loss {loss:.4f} is {loss - self.good_loss:.4f} over epoch {self.good_epoch + 1} ({self.good_loss:.4f}); loss_rise={self.loss_rise:g}'
@@ -400,7 +423,7 @@ class Rollback(AdaptiveCallback):
         l = self.learn
         acc, loss = l.metrics.get('val_acc'), l.metrics.get('val_loss')
         if not _finite(acc) or self.snap is None: return  # nothing validated: nothing to judge
-        why = self.regression(acc, loss)
+        why = self.regression(acc, loss, l.metrics.get('val_n'))
         if why is None or acc > l.best_metric:            # good (a new best accuracy always is)
             self.good_epoch, self.good_acc = int(l.epoch), float(acc)
             self.good_loss = float(loss) if _finite(loss) else None
@@ -440,6 +463,7 @@ class ClassPenalty(AdaptiveCallback):
                  up: float = 1.03,          # factor for classes with val acc under the mean
                  down: float = 0.97,        # factor for classes with val acc over the mean
                  renorm_every: int = 10,    # renormalise to mean 1 every this many epochs after start_epoch
+                 se_margin: float = 2.0,    # the gap must also reach this many SE of the class's val acc on its val count (0: off)
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
         self.start_epoch = check_int(start_epoch, 'start_epoch', lo=0)
@@ -447,9 +471,10 @@ class ClassPenalty(AdaptiveCallback):
         if self.high < self.low: raise BrainMRIError(f"low={low!r} must not exceed high={high!r}")
         self.up, self.down = check_number(up, 'up', lo=1), check_number(down, 'down', lo=0, hi=1, lo_open=True)
         self.renorm_every = check_int(renorm_every, 'renorm_every', lo=1)
+        self.se_margin = check_number(se_margin, 'se_margin', lo=0)
 
-    def adjust(self, weights: torch.Tensor, train_class_acc, val_class_acc) -> tuple[torch.Tensor, list[str]]:
-        "New weights (float64) and a note per class that moved, from the per-class accuracies."
+    def adjust(self, weights: torch.Tensor, train_class_acc, val_class_acc, val_class_n=None) -> tuple[torch.Tensor, list[str]]:
+        "New weights (float64) and a note per class that moved, from the per-class accuracies (and validation counts)."
         w = weights.detach().double().cpu().clone()
         va = [float(v) for v in val_class_acc if _finite(v)]
         if not va: return w, []
@@ -458,10 +483,16 @@ class ClassPenalty(AdaptiveCallback):
         for c, (t, v) in enumerate(zip(train_class_acc, val_class_acc)):
             if not (_finite(t) and _finite(v)): continue
             gap = t - v
-            if not self.low <= gap <= self.high or v == mean: continue
+            n = val_class_n[c] if val_class_n is not None and c < len(val_class_n) else None
+            low, reason = self.noise_floor(self.low, 'low', self.se_margin, v, n)
+            if low > self.high:
+                self.warn_once(f'floor {c}', f"{names[c]}'s weight does not move: its gap floor {reason} exceeds high={self.high:g}")
+                continue
+            if not low <= gap <= self.high or v == mean: continue
             f = self.up if v < mean else self.down
             w[c] *= f
-            notes.append(f'{names[c]} ×{f:g} (val acc {v:.3f} {"<" if v < mean else ">"} mean {mean:.3f}, gap {gap:.3f})')
+            notes.append(f'{names[c]} ×{f:g} (val acc {v:.3f} {"<" if v < mean else ">"} mean {mean:.3f}, gap {gap:.3f}'
+                         + (f' ≥ {reason})' if ' SE ' in reason else ')'))
         return w, notes
 
     def after_epoch(self):
@@ -474,7 +505,7 @@ class ClassPenalty(AdaptiveCallback):
         cur = l.class_weights
         w0 = torch.ones(l.n_classes, dtype=torch.float64) if cur is None else cur.detach().double().cpu()
         if tr is not None and va is not None:
-            w, notes = self.adjust(w0, tr, va)
+            w, notes = self.adjust(w0, tr, va, l.metrics.get('val_class_n'))
             if notes:
                 l.class_weights = w
                 self.act(f'class weights {_fmt(w0, 4)} → {_fmt(w, 4)}', f'train–val gap in [{self.low:g}, {self.high:g}]: ' + '; '.join(notes))
@@ -499,6 +530,7 @@ class DynamicRegularisation(AdaptiveCallback):
                  max_noise_std: float = 0.2,    # absolute cap on any TrainOnlyNoise std
                  scale_noise: bool = True,      # scale the noise std along with dropout
                  start_epoch: int = 0,          # first epoch that may act
+                 se_margin: float = 2.0,        # the overfit gap must also exceed this many SE of val acc (0: off)
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
         self.overfit_gap = check_number(overfit_gap, 'overfit_gap', lo=0)
@@ -511,6 +543,7 @@ class DynamicRegularisation(AdaptiveCallback):
         self.max_noise_std = check_number(max_noise_std, 'max_noise_std', lo=0)
         self.scale_noise = check_bool(scale_noise, 'scale_noise')
         self.start_epoch = check_int(start_epoch, 'start_epoch', lo=0)
+        self.se_margin = check_number(se_margin, 'se_margin', lo=0)
         self.scale = 1.0
 
     def reset(self): self.scale = 1.0
@@ -535,8 +568,9 @@ class DynamicRegularisation(AdaptiveCallback):
         if l.epoch < self.start_epoch or l.metrics.get('rolled_back') or not self._supported(): return
         tr, va = l.metrics.get('train_acc'), l.metrics.get('val_acc')
         if not (_finite(tr) and _finite(va)): return
-        if tr - va > self.overfit_gap:
-            new, why = min(self.scale + self.step, self.max_scale), f'train acc {tr:.3f} − val acc {va:.3f} = {tr - va:.3f} > overfit_gap={self.overfit_gap:g}'
+        gap, reason = self.noise_floor(self.overfit_gap, 'overfit_gap', self.se_margin, va, l.metrics.get('val_n'))
+        if tr - va > gap:
+            new, why = min(self.scale + self.step, self.max_scale), f'train acc {tr:.3f} − val acc {va:.3f} = {tr - va:.3f} > {reason}'
         elif va < self.underfit_acc:
             new, why = max(self.scale - self.step, self.min_scale), f'val acc {va:.3f} < underfit_acc={self.underfit_acc:g}'
         else: return
@@ -694,5 +728,10 @@ class MechanismConfig:
     lr_nudge_tolerance: float = 0.0                     # relative val-loss rise that still counts as not worse
     swa_anneal_epochs: int = 5                          # SWALR's anneal from the current lr to swa_lr
     early_stopping_min_delta: float = 0.0               # an improvement of val accuracy must exceed this
+    # thresholds raised to this many standard errors of the validation accuracy on the validation set's size (0: the original's rule)
+    early_stopping_se_margin: float = 1.0               # an improvement must exceed this many SE of the best accuracy
+    rollback_se_margin: float = 2.0                     # a drop must reach this many SE of the last good accuracy
+    class_penalty_se_margin: float = 2.0                # a class's gap must reach this many SE of its val accuracy on its val count
+    dynamic_regularisation_se_margin: float = 2.0       # the overfit gap must exceed this many SE of val accuracy
 
     def __post_init__(self): default_callbacks(**dataclasses.asdict(self))   # the callbacks check every value
