@@ -97,9 +97,11 @@ class TrainConfig:
     swa_lr: float = 5e-4                # the rate SWALR anneals to and holds
     early_stopping: bool = True         # stop when validation accuracy stalls, keep the best epoch
     patience: int = 18                  # epochs without a better validation accuracy before stopping
+    min_patience: int = 5               # stretching never takes patience under this (nor under patience itself, if smaller)
     rollback: bool = True               # go back to the last good state when validation gets worse
     max_rollbacks: int = 10             # at most this many rollbacks in a run
     rollback_cooldown: int = 5          # epochs after a rollback in which no other follows
+    min_rollback_cooldown: int = 2      # stretching never takes the cooldown under this (nor under rollback_cooldown, if smaller)
     class_penalty: bool = True          # move class weights from the per-class train–val gap
     class_penalty_start: int = 30       # first epoch that adjusts class weights
     dynamic_regularisation: bool = True # raise or lower dropout and noise from the train–val gap
@@ -123,8 +125,8 @@ class TrainConfig:
         self.classes = check_classes(self.classes)
         for name, lo, hi in (('epochs', 0, None), ('batch_size', 1, None), ('grad_accum', 1, None), ('workers', 0, None),
                              ('seed', 0, None), ('img_size', 16, 4096), ('prep_size', 16, 4096), ('open_block2_at', 0, None),
-                             ('open_block3_at', 0, None), ('mixup_end', 0, None), ('swa_start', 0, None), ('patience', 1, None),
-                             ('max_rollbacks', 0, None), ('rollback_cooldown', 0, None), ('class_penalty_start', 0, None),
+                             ('open_block3_at', 0, None), ('mixup_end', 0, None), ('swa_start', 0, None), ('patience', 1, None), ('min_patience', 1, None),
+                             ('max_rollbacks', 0, None), ('rollback_cooldown', 0, None), ('min_rollback_cooldown', 0, None), ('class_penalty_start', 0, None),
                              ('n_boot', 0, None)):
             check_int(getattr(self, name), name, lo, hi)
         check_channels(self.channels)
@@ -158,10 +160,11 @@ class TrainConfig:
         get_device(self.device)  # an unknown or absent device stops here
         return self
 
-    def milestone(self, epoch: int) -> int:
-        "`epoch` of the 60-epoch recipe, stretched to this run's length when `scale_milestones`."
+    def milestone(self, epoch: int, floor: int = 0) -> int:
+        "`epoch` of the 60-epoch recipe, stretched to this run's length when `scale_milestones`, but not under `floor` (nor under `epoch`, if smaller)."
         if not self.scale_milestones or self.epochs == REFERENCE_EPOCHS: return int(epoch)
-        return max(1, round(epoch * self.epochs / REFERENCE_EPOCHS)) if epoch else 0
+        stretched = max(1, round(epoch * self.epochs / REFERENCE_EPOCHS)) if epoch else 0
+        return max(stretched, min(int(epoch), floor))
 
 REFERENCE_EPOCHS = 60
 
@@ -332,8 +335,8 @@ def recipe_callbacks(cfg: TrainConfig) -> list:
                                   allow_block3=cfg.allow_block3, open_block3_at=m(cfg.open_block3_at)),
         mixup=dict(enabled=cfg.mixup, alpha=cfg.mixup_alpha, end_epoch=m(cfg.mixup_end), seed=cfg.seed),
         swa=dict(enabled=cfg.swa, swa_start=m(cfg.swa_start), swa_lr=cfg.swa_lr),
-        early_stopping=dict(enabled=cfg.early_stopping, patience=max(1, m(cfg.patience))),
-        rollback=dict(enabled=cfg.rollback, max_rollbacks=cfg.max_rollbacks, cooldown=m(cfg.rollback_cooldown)),
+        early_stopping=dict(enabled=cfg.early_stopping, patience=max(1, m(cfg.patience, cfg.min_patience))),
+        rollback=dict(enabled=cfg.rollback, max_rollbacks=cfg.max_rollbacks, cooldown=m(cfg.rollback_cooldown, cfg.min_rollback_cooldown)),
         class_penalty=dict(enabled=cfg.class_penalty, start_epoch=m(cfg.class_penalty_start)),
         dynamic_regularisation=cfg.dynamic_regularisation,
         dynamic_augmentation=cfg.dynamic_augmentation,
