@@ -314,7 +314,7 @@ class SWACallback(AdaptiveCallback):
 class EarlyStopping(AdaptiveCallback):
     "Stop when validation accuracy has not improved for `patience` epochs; put the best epoch's weights back at the end."
     order = 5
-    _state_keys = ('best', 'best_epoch', 'wait', 'best_state')
+    _state_keys = ('best', 'best_epoch', 'wait', 'best_state', 'ref')
     def __init__(self,
                  patience: int = 18,          # epochs without improvement before stopping
                  monitor: str = 'val_acc',    # metric to watch; higher is better unless it ends in 'loss'
@@ -331,26 +331,39 @@ class EarlyStopping(AdaptiveCallback):
         self.restore_best = check_bool(restore_best, 'restore_best')
         self.reset()
 
-    def reset(self): self.best, self.best_epoch, self.wait, self.best_state = None, None, 0, None
+    def reset(self): self.best, self.best_epoch, self.wait, self.best_state, self.ref = None, None, 0, None, None
+
+    # Two values: `best`, the highest so far, whose weights are kept (the epoch best.pt holds too), and `ref`,
+    # the last value that counted as an improvement, which a new one must beat by the threshold to restart
+    # the patience. A wiggle can set a new best without restarting the patience.
+    def _ref(self): return self.best if self.ref is None else self.ref   # a state saved before `ref` existed
 
     def threshold(self, n=None) -> tuple[float, str]:
-        "How much a value must beat the best by, and why: `min_delta`, or `se_margin` SE of the best accuracy on `n` samples."
-        if self.mode == 'min' or not self.monitor.endswith('_acc') or self.best is None: return self.min_delta, f'min_delta={self.min_delta:g}'
-        return self.noise_floor(self.min_delta, 'min_delta', self.se_margin, self.best, n)
+        "How much a value must beat the reference by, and why: `min_delta`, or `se_margin` SE of the reference accuracy on `n` samples."
+        if self.mode == 'min' or not self.monitor.endswith('_acc') or self._ref() is None: return self.min_delta, f'min_delta={self.min_delta:g}'
+        return self.noise_floor(self.min_delta, 'min_delta', self.se_margin, self._ref(), n)
 
     def improved(self, value, n=None) -> bool:
-        "Whether `value` beats the best so far by more than the threshold (`n`: samples the accuracy rests on)."
+        "Whether `value` beats the reference by more than the threshold, so the patience starts again (`n`: samples the accuracy rests on)."
         if not _finite(value): return False
-        if self.best is None: return True
+        if self._ref() is None: return True
         d = self.threshold(n)[0]
-        return value > self.best + d if self.mode == 'max' else value < self.best - d
+        return value > self._ref() + d if self.mode == 'max' else value < self._ref() - d
+
+    def is_best(self, value) -> bool:
+        "Whether `value` is a new best at all (ties keep the earlier epoch, as the learner's best.pt does)."
+        if not _finite(value): return False
+        return self.best is None or (value > self.best if self.mode == 'max' else value < self.best)
 
     def after_epoch(self):
         l = self.learn
         v, n = l.metrics.get(self.monitor), l.metrics.get(self.monitor[:-3] + 'n' if self.monitor.endswith('_acc') else None)
-        if self.improved(v, n):
-            self.best, self.best_epoch, self.wait = float(v), int(l.epoch), 0
+        counts = self.improved(v, n)      # judged against the reference before this epoch's value joins it
+        if self.is_best(v):
+            self.best, self.best_epoch = float(v), int(l.epoch)
             if self.restore_best: self.best_state = {k: t.detach().clone() for k, t in l.model.state_dict().items()}
+        if counts:
+            self.ref, self.wait = float(v), 0
             return
         self.wait += 1
         if self.wait >= self.patience:
