@@ -319,7 +319,7 @@ class EarlyStopping(AdaptiveCallback):
                  patience: int = 18,          # epochs without improvement before stopping
                  monitor: str = 'val_acc',    # metric to watch; higher is better unless it ends in 'loss'
                  min_delta: float = 0.0,      # an improvement must exceed this
-                 se_margin: float = 1.0,      # ... and this many SE of the best accuracy on the validation set's size (0: off)
+                 se_margin: float = 0.0,      # ... and this many SE of the reference accuracy on the validation set's size (0: off, the default)
                  restore_best: bool = True,   # put the best epoch's weights back at the end of the fit
                  enabled: bool = True):             # on/off switch
         super().__init__(enabled)
@@ -742,7 +742,7 @@ class MechanismConfig:
     swa_anneal_epochs: int = 5                          # SWALR's anneal from the current lr to swa_lr
     early_stopping_min_delta: float = 0.0               # an improvement of val accuracy must exceed this
     # thresholds raised to this many standard errors of the validation accuracy on the validation set's size (0: the original's rule)
-    early_stopping_se_margin: float = 1.0               # an improvement must exceed this many SE of the best accuracy
+    early_stopping_se_margin: float = 0.0               # an improvement must exceed this many SE of the reference accuracy (0: any new high)
     rollback_se_margin: float = 2.0                     # a drop must reach this many SE of the last good accuracy
     class_penalty_se_margin: float = 2.0                # a class's gap must reach this many SE of its val accuracy on its val count
     dynamic_regularisation_se_margin: float = 2.0       # the overfit gap must exceed this many SE of val accuracy

@@ -178,8 +178,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                    lr=3e-3, open_block2_at=0, scale_milestones=False, mixup=False, weighted_sampler=False,
                    dropouts=(0.0, 0.0, 0.0), noise_std=0.0, **_VAL_DRIVEN_OFF),
     # brainmri_study on ../shared/data/figshare-jpg (2402 slices) on 2 CPU cores in about an hour: 20 runs
-    # (full, plain, each mechanism off; seeds 0-1), the recipe as the original has it, at 32 px and 8 epochs
-    'cpu-study': dict(img_size=32, prep_size=128, epochs=8, batch_size=32, grad_accum=1, workers=1, n_boot=0),
+    # (full, plain, each mechanism off; seeds 0-1), the recipe as the original has it, at 32 px and 12 epochs
+    'cpu-study': dict(img_size=32, prep_size=128, epochs=12, batch_size=32, grad_accum=1, workers=1, n_boot=0),
     # the same study on one GPU: the original's 224 px and 60 epochs
     'gpu-study': dict(img_size=224, prep_size=256, epochs=60, batch_size=32, grad_accum=4, workers=4, n_boot=0),
 }
