@@ -597,7 +597,10 @@ class BatchNormRecalibration(Callback):
         momenta = [m.momentum for m in norms]
         for m in norms: m.reset_running_stats(); m.momentum = None   # None: a plain average over the batches below
         was_training = l.model.training
-        l.model.train()
+        # only the norms in train mode: dropout and train-only noise stay off, as when the model is validated,
+        # so the statistics are those of the features inference sees
+        l.model.eval()
+        for m in norms: m.train()
         try:
             with torch.no_grad(), l._autocast():
                 for xb in self._batches: l.model(xb)
