@@ -523,7 +523,8 @@ class ClassPenalty(AdaptiveCallback):
                 l.class_weights = w
                 self.act(f'class weights {_fmt(w0, 4)} → {_fmt(w, 4)}', f'train–val gap in [{self.low:g}, {self.high:g}]: ' + '; '.join(notes))
                 w0 = w
-        if e > self.start_epoch and (e - self.start_epoch) % self.renorm_every == 0:
+        # a renormalisation that would change nothing (the mean is already 1 to 4 digits) is neither made nor logged
+        if e > self.start_epoch and (e - self.start_epoch) % self.renorm_every == 0 and abs(w0.mean().item() - 1) >= 1e-4:
             w = w0 / w0.mean()
             l.class_weights = w
             self.act(f'class weights renormalised {_fmt(w0, 4)} → {_fmt(w, 4)}', f'mean weight back to 1 every renorm_every={self.renorm_every} epochs after the first {self.start_epoch}')
