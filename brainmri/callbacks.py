@@ -43,14 +43,14 @@ class AdaptiveCallback(Callback):
         "Record an action of this callback (epoch, what changed, why) in the history, actions.json and the console."
         return self.learn.log_action(self.name, what, why)
 
-    def noise_floor(self, base: float, name: str, se_margin: float, acc, n) -> tuple[float, str]:
-        "max(`base`, `se_margin` × SE of accuracy `acc` on `n` samples), and the reason: `name=base`, or the SE term when it binds."
+    def noise_floor(self, base: float, name: str, se_margin: float, acc, n) -> tuple[float, str, bool]:
+        "(max(`base`, `se_margin` × SE of accuracy `acc` on `n` samples), the reason: `name=base` or the SE term, whether the SE term binds)."
         if se_margin > 0 and not _finite(n):
             self.warn_once('val_n', "the metrics carry no validation size ('val_n', 'val_class_n'): thresholds are not raised to the validation noise")
         t = se_margin * accuracy_se(acc, n) if se_margin > 0 and _finite(n) and _finite(acc) else float('nan')
         if math.isfinite(t) and t > base:
-            return t, f'{t:.3f} = {se_margin:g} SE of accuracy {float(acc):.3f} on {int(n)} validation slices (> {name}={base:g})'
-        return base, f'{name}={base:g}'
+            return t, f'{t:.3f} = {se_margin:g} SE of accuracy {float(acc):.3f} on {int(n)} validation slices (> {name}={base:g})', True
+        return base, f'{name}={base:g}', False
 
     def warn_once(self, key: str, msg: str) -> None:
         "Print `msg` as a warning the first time `key` comes up."
@@ -338,9 +338,9 @@ class EarlyStopping(AdaptiveCallback):
     # the patience. A wiggle can set a new best without restarting the patience.
     def _ref(self): return self.best if self.ref is None else self.ref   # a state saved before `ref` existed
 
-    def threshold(self, n=None) -> tuple[float, str]:
+    def threshold(self, n=None) -> tuple[float, str, bool]:
         "How much a value must beat the reference by, and why: `min_delta`, or `se_margin` SE of the reference accuracy on `n` samples."
-        if self.mode == 'min' or not self.monitor.endswith('_acc') or self._ref() is None: return self.min_delta, f'min_delta={self.min_delta:g}'
+        if self.mode == 'min' or not self.monitor.endswith('_acc') or self._ref() is None: return self.min_delta, f'min_delta={self.min_delta:g}', False
         return self.noise_floor(self.min_delta, 'min_delta', self.se_margin, self._ref(), n)
 
     def improved(self, value, n=None) -> bool:
@@ -367,10 +367,10 @@ class EarlyStopping(AdaptiveCallback):
             return
         self.wait += 1
         if self.wait >= self.patience:
-            d, reason = self.threshold(n)
+            _, reason, sized = self.threshold(n)
             why = (f'no {self.monitor} improvement for {self.wait} epochs (patience={self.patience}; best '
                    + (f'{self.best:.4f} at epoch {self.best_epoch + 1}' if self.best is not None else 'none')
-                   + (f'; an improvement must exceed {reason})' if ' SE ' in reason else ')'))
+                   + (f'; an improvement must exceed {reason})' if sized else ')'))
             self.act(f'stopped training after epoch {l.epoch + 1}', why)
             raise RunFinished(f'early stopping: {why}')
 
@@ -424,9 +424,9 @@ class Rollback(AdaptiveCallback):
         "Why (`acc`, `loss`) is a regression against the last good epoch (`n`: validation samples), or None."
         if self.good_acc is None: return None
         drop = self.good_acc - acc
-        limit, reason = self.noise_floor(self.acc_drop, 'acc_drop', self.se_margin, self.good_acc, n)
+        limit, reason, sized = self.noise_floor(self.acc_drop, 'acc_drop', self.se_margin, self.good_acc, n)
         if drop >= limit - 1e-9:
-            return f'val_acc {acc:.4f} is {drop:.4f} under epoch {self.good_epoch + 1} ({self.good_acc:.4f}); ' + (f'threshold {reason}' if ' SE ' in reason else reason)
+            return f'val_acc {acc:.4f} is {drop:.4f} under epoch {self.good_epoch + 1} ({self.good_acc:.4f}); ' + (f'threshold {reason}' if sized else reason)
         if loss is not None and not _finite(loss): return f'val_loss is {loss}'
         if _finite(loss) and _finite(self.good_loss) and loss - self.good_loss >= self.loss_rise - 1e-9:
             return f'val_loss {loss:.4f} is {loss - self.good_loss:.4f} over epoch {self.good_epoch + 1} ({self.good_loss:.4f}); loss_rise={self.loss_rise:g}'
@@ -497,7 +497,7 @@ class ClassPenalty(AdaptiveCallback):
             if not (_finite(t) and _finite(v)): continue
             gap = t - v
             n = val_class_n[c] if val_class_n is not None and c < len(val_class_n) else None
-            low, reason = self.noise_floor(self.low, 'low', self.se_margin, v, n)
+            low, reason, sized = self.noise_floor(self.low, 'low', self.se_margin, v, n)
             if low > self.high:
                 self.warn_once(f'floor {c}', f"{names[c]}'s weight does not move: its gap floor {reason} exceeds high={self.high:g}")
                 continue
@@ -505,7 +505,7 @@ class ClassPenalty(AdaptiveCallback):
             f = self.up if v < mean else self.down
             w[c] *= f
             notes.append(f'{names[c]} ×{f:g} (val acc {v:.3f} {"<" if v < mean else ">"} mean {mean:.3f}, gap {gap:.3f}'
-                         + (f' ≥ {reason})' if ' SE ' in reason else ')'))
+                         + (f' ≥ {reason})' if sized else ')'))
         return w, notes
 
     def after_epoch(self):
@@ -582,7 +582,7 @@ class DynamicRegularisation(AdaptiveCallback):
         if l.epoch < self.start_epoch or l.metrics.get('rolled_back') or not self._supported(): return
         tr, va = l.metrics.get('train_acc'), l.metrics.get('val_acc')
         if not (_finite(tr) and _finite(va)): return
-        gap, reason = self.noise_floor(self.overfit_gap, 'overfit_gap', self.se_margin, va, l.metrics.get('val_n'))
+        gap, reason, _ = self.noise_floor(self.overfit_gap, 'overfit_gap', self.se_margin, va, l.metrics.get('val_n'))
         if tr - va > gap:
             new, why = min(self.scale + self.step, self.max_scale), f'train acc {tr:.3f} − val acc {va:.3f} = {tr - va:.3f} > {reason}'
         elif va < self.underfit_acc:

@@ -178,7 +178,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    lr=3e-3, open_block2_at=0, scale_milestones=False, mixup=False, weighted_sampler=False,
                    dropouts=(0.0, 0.0, 0.0), noise_std=0.0, **_VAL_DRIVEN_OFF),
     # brainmri_study on ../shared/data/figshare-jpg (2402 slices) on 2 CPU cores in about an hour: 20 runs
-    # (full, plain, each mechanism off; seeds 0-1), the recipe as the original has it, at 32 px and 12 epochs
+    # (full, plain, each mechanism off; seeds 0-2), the recipe as the original has it, at 32 px and 12 epochs
     'cpu-study': dict(img_size=32, prep_size=128, epochs=12, batch_size=32, grad_accum=1, workers=1, n_boot=0),
     # the same study on one GPU: the original's 224 px and 60 epochs
     'gpu-study': dict(img_size=224, prep_size=256, epochs=60, batch_size=32, grad_accum=4, workers=4, n_boot=0),
@@ -335,7 +335,7 @@ def recipe_callbacks(cfg: TrainConfig) -> list:
                                   allow_block3=cfg.allow_block3, open_block3_at=m(cfg.open_block3_at)),
         mixup=dict(enabled=cfg.mixup, alpha=cfg.mixup_alpha, end_epoch=m(cfg.mixup_end), seed=cfg.seed),
         swa=dict(enabled=cfg.swa, swa_start=m(cfg.swa_start), swa_lr=cfg.swa_lr),
-        early_stopping=dict(enabled=cfg.early_stopping, patience=max(1, m(cfg.patience, cfg.min_patience))),
+        early_stopping=dict(enabled=cfg.early_stopping, patience=m(cfg.patience, cfg.min_patience)),
         rollback=dict(enabled=cfg.rollback, max_rollbacks=cfg.max_rollbacks, cooldown=m(cfg.rollback_cooldown, cfg.min_rollback_cooldown)),
         class_penalty=dict(enabled=cfg.class_penalty, start_epoch=m(cfg.class_penalty_start)),
         dynamic_regularisation=cfg.dynamic_regularisation,
