@@ -350,16 +350,18 @@ class EarlyStopping(AdaptiveCallback):
         d = self.threshold(n)[0]
         return value > self._ref() + d if self.mode == 'max' else value < self._ref() - d
 
-    def is_best(self, value) -> bool:
-        "Whether `value` is a new best at all (ties keep the earlier epoch, as the learner's best.pt does)."
+    def is_best(self, value, n=None) -> bool:
+        """Whether `value` makes this epoch the one to keep: the learner's rule for best.pt when it watches validation
+        accuracy with a `best_se_margin` (`Learner.is_new_best`), else a strictly better value (a tie keeps the earlier epoch)."""
         if not _finite(value): return False
+        if self.monitor == 'val_acc' and getattr(getattr(self, 'learn', None), 'best_se_margin', 0) > 0: return self.learn.is_new_best(value, n)
         return self.best is None or (value > self.best if self.mode == 'max' else value < self.best)
 
     def after_epoch(self):
         l = self.learn
         v, n = l.metrics.get(self.monitor), l.metrics.get(self.monitor[:-3] + 'n' if self.monitor.endswith('_acc') else None)
         counts = self.improved(v, n)      # judged against the reference before this epoch's value joins it
-        if self.is_best(v):
+        if self.is_best(v, n):
             self.best, self.best_epoch = float(v), int(l.epoch)
             if self.restore_best: self.best_state = {k: t.detach().clone() for k, t in l.model.state_dict().items()}
         if counts:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from .core import (BrainMRIError, atomic_write, check_int, check_number, console, get_device, is_main_process, log,
                    nan_to_none, save_json, to_plain)
-from .metrics import confusion_metrics, confusion_update
+from .metrics import accuracy_se, confusion_metrics, confusion_update
 from . import checkpoint, distributed
 from .distributed import broadcast_buffers, distribute_loader, gather_ordered, init_distributed, seed_loader_epoch
 from .schedule import extend_schedulers
@@ -95,9 +95,12 @@ class Learner:
                  lr_schedule: Callable | None = None, max_nan_steps: int = 5, n_classes: int | None = None,
                  classes: Sequence[str] | None = None, channels_last: bool | None = None, compile: bool = False,
                  seed: int | None = None, distributed: bool | None = None, clip_grad: float | None = None,
-                 default_cbs: bool = True, progress_bar: bool = True, meta: dict | None = None):
+                 default_cbs: bool = True, progress_bar: bool = True, meta: dict | None = None,
+                 best_se_margin: float = 0.0):
         check_int(grad_accum, 'grad_accum', lo=1); check_int(max_nan_steps, 'max_nan_steps', lo=1)
         check_number(lr, 'lr', lo=0, lo_open=True); check_number(wd, 'wd', lo=0)
+        # best.pt may move to a later epoch whose validation accuracy lies within this many SE of the best (`is_new_best`)
+        self.best_se_margin = check_number(best_se_margin, 'best_se_margin', lo=0)
         self.classes = tuple(classes) if classes is not None else _default_classes()[:n_classes or None]
         self.n_classes = n_classes or len(self.classes)
         if len(self.classes) != self.n_classes:
@@ -148,6 +151,16 @@ class Learner:
     def remove_cb(self, cb: Callback) -> None:
         "Take `cb` out of the event loop."
         self.cbs.remove(cb); cb.learn = None
+
+    def is_new_best(self, acc, n: int | None = None) -> bool:
+        """Whether validation accuracy `acc` (on `n` slices) makes this epoch best.pt: higher than `best_metric`, or,
+        with `best_se_margin` > 0, no more than that many standard errors below it: a later epoch that the
+        validation set cannot tell from the best one."""
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc): return False
+        if acc > self.best_metric: return True
+        if self.best_se_margin <= 0 or not math.isfinite(self.best_metric): return False
+        tol = self.best_se_margin * accuracy_se(self.best_metric, n)
+        return math.isfinite(tol) and acc >= self.best_metric - tol
 
     def get_cb(self, key: str | type) -> Callback | None:
         "The first callback with this name or class (None if absent)."
@@ -476,8 +489,8 @@ class Recorder(Callback):
         l = self.learn
         l.metrics['nan_steps'] = l.nan_steps
         acc = l.metrics.get('val_acc', float('nan'))
-        l.metrics['is_best'] = bool(math.isfinite(acc) and acc > l.best_metric)
-        if l.metrics['is_best']: l.best_metric = acc
+        l.metrics['is_best'] = l.is_new_best(acc, l.metrics.get('val_n'))
+        if l.metrics['is_best']: l.best_metric = max(l.best_metric, acc)   # the highest so far, even when best.pt moves to a close later epoch
         l.history.append(l.metrics)
         self.write()
 
@@ -537,7 +550,7 @@ class ProgressCallback(Callback):
     def after_epoch(self):
         m, l = self.learn.metrics, self.learn
         f = lambda k: f'{m[k]:.3f}' if isinstance(m.get(k), float) else '—'
-        best = isinstance(m.get('val_acc'), float) and m['val_acc'] > l.best_metric
+        best = l.is_new_best(m.get('val_acc'), m.get('val_n'))
         log(f"epoch {l.epoch + 1:>3}/{l.n_epochs} │ train loss {f('train_loss')} acc {f('train_acc')} │ "
             f"val loss {f('val_loss')} acc {f('val_acc')} f1 {f('val_f1')} │ lr {m.get('lr', float('nan')):.1e} │ "
             f"{m.get('time', 0):.0f}s" + (' ★' if best else ''), 'good' if best else 'info')
@@ -560,7 +573,7 @@ class LRScheduleCallback(Callback):
 
 # %% ../nbs/05_learner.ipynb #c031
 class CheckpointCallback(Callback):
-    "Save run_dir/last.pt every epoch and run_dir/best.pt when validation accuracy is the best so far."
+    "Save run_dir/last.pt every epoch and run_dir/best.pt when the epoch is the best so far (`Learner.is_new_best`)."
     order = 95
     def after_epoch(self):
         l = self.learn

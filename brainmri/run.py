@@ -98,6 +98,7 @@ class TrainConfig:
     early_stopping: bool = True         # stop when validation accuracy stalls, keep the best epoch
     patience: int = 18                  # epochs without a better validation accuracy before stopping
     min_patience: int = 5               # stretching never takes patience under this (nor under patience itself, if smaller)
+    best_se_margin: float = 0.0         # best.pt (and early stopping's kept weights) moves to a later epoch within this many SE of the best validation accuracy (0: only a higher one)
     rollback: bool = True               # go back to the last good state when validation gets worse
     max_rollbacks: int = 10             # at most this many rollbacks in a run
     rollback_cooldown: int = 5          # epochs after a rollback in which no other follows
@@ -133,7 +134,8 @@ class TrainConfig:
         for name, lo, hi, lo_open, hi_open in (('lr', 0, 10, True, False), ('wd', 0, 1, False, False), ('swa_lr', 0, 10, True, False),
                                                ('val_frac', 0, 1, True, True), ('test_frac', 0, 1, False, True),
                                                ('label_smoothing', 0, 1, False, True), ('balance_beta', 0, 1, False, True),
-                                               ('mixup_alpha', 0, 10, False, False), ('noise_std', 0, 1, False, False)):
+                                               ('mixup_alpha', 0, 10, False, False), ('noise_std', 0, 1, False, False),
+                                               ('best_se_margin', 0, 10, False, False)):
             check_number(getattr(self, name), name, lo, hi, lo_open, hi_open)
         if self.val_frac + self.test_frac >= 1: raise BrainMRIError(f'val_frac + test_frac = {self.val_frac + self.test_frac:g} must be < 1')
         if isinstance(self.amp, bool) or self.amp is None: self.amp = {True: 'auto', False: 'none', None: 'none'}[self.amp]
@@ -170,13 +172,13 @@ REFERENCE_EPOCHS = 60
 
 # %% ../nbs/10_run.ipynb #c008
 # the recipe's mechanisms that act on validation metrics: on 70-90 validation slices they act on noise
-_VAL_DRIVEN_OFF = dict(rollback=False, class_penalty=False, lr_nudge=False, dynamic_regularisation=False)
+_VAL_DRIVEN_OFF = dict(early_stopping=False, rollback=False, class_penalty=False, lr_nudge=False, dynamic_regularisation=False)
 
 PRESETS: dict[str, dict[str, Any]] = {
     'default': {},
-    'sample': dict(img_size=32, prep_size=128, epochs=30, batch_size=16, grad_accum=1, workers=2, n_boot=300,
+    'sample': dict(img_size=32, prep_size=128, epochs=45, batch_size=16, grad_accum=1, workers=2, n_boot=300,
                    lr=3e-3, open_block2_at=0, scale_milestones=False, mixup=False, weighted_sampler=False,
-                   dropouts=(0.0, 0.0, 0.0), noise_std=0.0, **_VAL_DRIVEN_OFF),
+                   dropouts=(0.0, 0.0, 0.0), noise_std=0.0, aug_boundaries=(30, 40), best_se_margin=1.0, **_VAL_DRIVEN_OFF),
     # brainmri_study on ../shared/data/figshare-jpg (2402 slices) on 2 CPU cores in about an hour: 20 runs
     # (full, plain, each mechanism off; seeds 0-2), the recipe as the original has it, at 32 px and 12 epochs
     'cpu-study': dict(img_size=32, prep_size=128, epochs=12, batch_size=32, grad_accum=1, workers=1, n_boot=0),
@@ -357,7 +359,8 @@ def build_learner(cfg: TrainConfig, model, data: SimpleNamespace, run_dir: str |
     return Learner(model, data.train_dl, data.valid_dl, loss_func=loss, lr=cfg.lr, wd=cfg.wd, cbs=recipe_callbacks(cfg),
                    device=cfg.device, amp=None if cfg.amp == 'none' else cfg.amp, grad_accum=cfg.grad_accum,
                    run_dir=run_dir, lr_schedule=schedule, classes=data.store.classes, channels_last=cfg.channels_last,
-                   compile=cfg.compile, seed=cfg.seed, meta=data_meta(cfg, data.store))
+                   compile=cfg.compile, seed=cfg.seed, meta=data_meta(cfg, data.store),
+                   best_se_margin=cfg.best_se_margin)
 
 # %% ../nbs/10_run.ipynb #c019
 def run_training(cfg: TrainConfig) -> Path:
