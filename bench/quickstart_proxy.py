@@ -96,7 +96,9 @@ def chosen_epoch(curve: list[dict], rule: str, upto: int | None = None) -> int:
 def print_rules(results: Path, rules=('max', 'minloss', 'se1', 'last'), at=(30, 45)) -> None:
     rows = [json.loads(l) for l in open(results)]
     by = {}
-    for r in rows: by.setdefault(json.dumps(r['overrides'], sort_keys=True), {})[r['fold']] = r
+    for r in rows:   # one group per setting and seeding (seed = fold, or one seed for every fold)
+        seeding = 'seed = fold' if r['seed'] == r['fold'] else f"seed {r['seed']}"
+        by.setdefault(f"{json.dumps(r['overrides'], sort_keys=True)}, {seeding}", {})[r['fold']] = r
     for name, runs in by.items():
         print(name, 'folds', sorted(runs))
         longest = max(len(r['curve']) for r in runs.values())   # runs that early stopping ended are scored as they ended
@@ -118,7 +120,14 @@ if __name__ == '__main__':
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--rules', action='store_true', help='only print the checkpoint rules over the results so far')
     a = p.parse_args()
-    if a.rules: print_rules(Path(a.results)); sys.exit()
+    if a.rules:
+        if not Path(a.results).is_file(): p.error(f'--results {a.results}: no such file (run some folds first)')
+        print_rules(Path(a.results)); sys.exit()
+    if not (Path(a.shared) / 'manifest.csv').is_file(): p.error(f'--shared {a.shared}: not the figshare-jpg release (no manifest.csv)')
+    try: overrides = json.loads(a.set)
+    except json.JSONDecodeError as e: p.error(f'--set {a.set!r} is not JSON: {e}')
+    if not isinstance(overrides, dict): p.error(f'--set {a.set!r} must be a JSON object of TrainConfig parameters')
+    if not set(a.folds) <= set(range(5)): p.error(f'--folds {a.folds}: folds are 0-4')
     torch.set_num_threads(a.threads)
     for fold in a.folds:
-        proxy_run(fold, fold if a.seed is None else a.seed, json.loads(a.set), Path(a.work), Path(a.shared), Path(a.results))
+        proxy_run(fold, fold if a.seed is None else a.seed, overrides, Path(a.work), Path(a.shared), Path(a.results))
