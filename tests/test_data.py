@@ -5,10 +5,6 @@ import pytest
 from conftest import ROOT
 
 PREPARE = [sys.executable, '-c', 'import sys; from brainmri.data import prepare_cli; sys.exit(prepare_cli())']
-# the same command with each image's decoding 5 ms slower, so that a signal sent once the store is being written
-# lands while it is written: with a warm page cache the whole release can be prepared in 2 s, faster than the race
-PREPARE_SLOW = [sys.executable, '-c', 'import sys, time; import brainmri.data as d; decode = d._decode_item; '
-                'd._decode_item = lambda *a: (time.sleep(0.005), decode(*a))[1]; sys.exit(d.prepare_cli())']
 
 def _env():
     return {**os.environ, 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", 'COLUMNS': '200'}
@@ -18,8 +14,10 @@ def _run(*args, **kw):
 
 def _start_and_wait_for_tmp(src, dest, *args):
     "Start a prepare and return once it is writing its temporary store (so a signal lands mid-write)."
-    p = subprocess.Popen([*PREPARE_SLOW, str(src), str(dest), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, env=_env())
+    # SIGINT back to its default in the child: a job started in the background of a non-interactive shell (a CI
+    # runner's `cmd &`) inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
+    p = subprocess.Popen([*PREPARE, str(src), str(dest), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline:
         tmps = list(dest.parent.glob(f'.tmp-*-{dest.name}'))
