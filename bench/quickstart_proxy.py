@@ -24,11 +24,11 @@ from brainmri.augment import eval_transform
 from brainmri.data import CustomTumorDataset, group_kfold, load_store, make_loader, prepare, split_by_group
 from brainmri.evaluate import load_model_from_checkpoint, predict_logits
 from brainmri.learner import Callback
-from brainmri.metrics import accuracy_se
+from brainmri.metrics import is_new_best
 
 def store(src: Path, dest: Path, size: int):
-    "The prepared store of `src` at `size` px, made once under `dest`."
-    return load_store(dest if (dest / 'meta.json').exists() else prepare(src, dest, size=size, quiet=True))
+    "The prepared store of `src` at `size` px under `dest` (`prepare` does nothing when it is already there)."
+    return load_store(prepare(src, dest, size=size, quiet=True))
 
 class UnseenAccuracy(Callback):
     "After each epoch, accuracy and loss on the held-out patients (kept here, not in the run's history)."
@@ -55,8 +55,7 @@ def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, r
     out = work / 'runs' / f"{json.dumps(overrides, sort_keys=True)}_f{fold}_s{seed}".translate(str.maketrans('{}": ,/', '_______'))
     cfg = run.config_with_preset('sample', **{**overrides, 'data_dir': str(sample.path), 'run_dir': str(out), 'overwrite': True,
                                               'seed': seed, 'evaluate': False, 'workers': 0})
-    img_size = cfg.img_size
-    unseen_ds = CustomTumorDataset(full, unseen, eval_transform(img_size), cfg.channels)
+    unseen_ds = CustomTumorDataset(full, unseen, eval_transform(cfg.img_size), cfg.channels)
     probe = UnseenAccuracy(make_loader(unseen_ds, 128, train=False, workers=0))
     recipe, split = run.recipe_callbacks, run.split_by_group
     run.recipe_callbacks, run.split_by_group = (lambda c: [*recipe(c), probe]), fold_split
@@ -85,11 +84,11 @@ def chosen_epoch(curve: list[dict], rule: str, upto: int | None = None) -> int:
     if rule == 'max': return va.index(max(va))
     if rule == 'last': return len(c) - 1
     if rule == 'minloss': vl = [e['val_loss'] for e in c]; return vl.index(min(vl))
-    if rule.startswith('se'):
+    if rule.startswith('se'):   # the learner's rule for best.pt with best_se_margin=K, replayed
         k, kept, top = float(rule[2:]), 0, -math.inf
         for i, v in enumerate(va):
+            if is_new_best(v, top, c[i]['val_n'], k): kept = i
             top = max(top, v)
-            if v >= top - k * accuracy_se(top, c[i]['val_n']) - 1e-12: kept = i
         return kept
     raise ValueError(rule)
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from .core import (BrainMRIError, atomic_write, check_int, check_number, console, get_device, is_main_process, log,
                    nan_to_none, save_json, to_plain)
-from .metrics import accuracy_se, confusion_metrics, confusion_update
+from .metrics import confusion_metrics, confusion_update, is_new_best
 from . import checkpoint, distributed
 from .distributed import broadcast_buffers, distribute_loader, gather_ordered, init_distributed, seed_loader_epoch
 from .schedule import extend_schedulers
@@ -155,12 +155,8 @@ class Learner:
     def is_new_best(self, acc, n: int | None = None) -> bool:
         """Whether validation accuracy `acc` (on `n` slices) makes this epoch best.pt: higher than `best_metric`, or,
         with `best_se_margin` > 0, no more than that many standard errors below it: a later epoch that the
-        validation set cannot tell from the best one."""
-        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc): return False
-        if acc > self.best_metric: return True
-        if self.best_se_margin <= 0 or not math.isfinite(self.best_metric): return False
-        tol = self.best_se_margin * accuracy_se(self.best_metric, n)
-        return math.isfinite(tol) and acc >= self.best_metric - tol
+        validation set cannot tell from the best one (`brainmri.metrics.is_new_best`)."""
+        return is_new_best(acc, self.best_metric, n, self.best_se_margin)
 
     def get_cb(self, key: str | type) -> Callback | None:
         "The first callback with this name or class (None if absent)."

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['confusion_update', 'confusion_metrics', 'accuracy_se']
+__all__ = ['confusion_update', 'confusion_metrics', 'accuracy_se', 'is_new_best']
 
 # %% ../nbs/04a_metrics.ipynb #c005
 def confusion_update(cm: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -35,3 +35,12 @@ def accuracy_se(acc: float, n: int | None, clip: float = 0.1) -> float:
     if n is None or acc is None or not math.isfinite(float(acc)) or n <= 0: return float('nan')
     p = min(max(float(acc), clip), 1.0 - clip)
     return math.sqrt(p * (1.0 - p) / float(n))
+
+def is_new_best(acc, best: float, n: int | None = None, se_margin: float = 0.0) -> bool:
+    """Whether accuracy `acc` (on `n` samples) takes the place of `best`: higher, or, with `se_margin` > 0, no more
+    than that many standard errors of `best` below it (a later epoch the validation set cannot tell from the best)."""
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc): return False
+    if acc > best: return True
+    if se_margin <= 0 or not math.isfinite(best): return False
+    tol = se_margin * accuracy_se(best, n)
+    return math.isfinite(tol) and acc >= best - tol

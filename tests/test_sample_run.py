@@ -3,6 +3,7 @@ import json, os, subprocess, sys
 import numpy as np
 import pytest
 from conftest import ROOT, bin_path
+from brainmri.metrics import is_new_best
 
 @pytest.mark.slow
 def test_sample_run_beats_chance(tmp_path):
@@ -14,6 +15,12 @@ def test_sample_run_beats_chance(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     params = json.loads((run / 'params.json').read_text())
     assert params['model'] == 'basic'                # the quick start trains the original's model
+    # best.pt follows the preset's 1-SE rule: the learner's flags are that rule replayed on the run's history
+    hist, top, flags = json.loads((run / 'history.json').read_text()), float('-inf'), []
+    for h in hist:
+        flags.append(is_new_best(h['val_acc'], top, h['val_n'], params['best_se_margin'])); top = max(top, h['val_acc'])
+    assert params['best_se_margin'] == 1.0 and [h['is_best'] for h in hist] == flags
+    assert sum(flags) > sum(h['val_acc'] > max([0, *(g['val_acc'] for g in hist[:i])]) for i, h in enumerate(hist))  # it moved best.pt at least once
     m = json.loads((run / 'metrics.json').read_text())
     test = m['best']['test']
     cm = np.array(test['confusion_matrix'])
