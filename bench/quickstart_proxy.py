@@ -9,9 +9,17 @@ SWA ran, swa.pt (best.pt also with flip TTA). Nothing here reads the sample's te
     python bench/quickstart_proxy.py --rules            # what each way of choosing the checkpoint scored
 
 Each run appends one JSON line to `--results` (default bench/results/quickstart_proxy.jsonl). The seed of a
-fold's run is the fold number unless `--seed` is given. Two runs at once with `--threads 1` each fill 2 cores.
+fold's run is the fold number unless `--seeds` are given. Two runs at once with `--threads 1` each fill 2 cores.
+
+A grid: `--set` once per setting, `--seeds`, and `--jobs N` runs N at once (each in its own process, one thread;
+the grid is ordered seed, then fold, then setting, so a grid cut short by `--deadline` compares its settings on the
+same folds). `--device cuda` trains the same recipe on a GPU (augmentation on the CPU as in the quick start, fp32):
+
+    python bench/quickstart_proxy.py --device cuda --jobs 14 --seeds 11 12 --folds 0 1 2 3 4 --deadline 400 \
+        --set '{}' --set '{"epochs": 60, "aug_boundaries": [40, 53]}' --results /tmp/out/sweep.jsonl
+    python bench/quickstart_proxy.py --summary --results /tmp/out/sweep.jsonl   # each setting against the preset ('{}')
 """
-import argparse, json, math, os, sys, time
+import argparse, json, math, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +48,7 @@ class UnseenAccuracy(Callback):
         self.curve.append(dict(epoch=int(l.epoch), val_acc=m.get('val_acc'), val_loss=m.get('val_loss'), val_n=m.get('val_n'),
                                train_acc=m.get('train_acc'), u_acc=u['u_acc'], u_loss=u['u_loss']))
 
-def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, results: Path) -> dict:
+def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, results: Path, device: str = 'cpu') -> dict:
     prep = overrides.get('prep_size', run.PRESETS['sample'].get('prep_size', 128))
     sample = store(ROOT / 'data' / 'sample', work / f'stores/sample-{prep}', prep)
     full = store(shared, work / f'stores/figshare-{prep}', prep)
@@ -54,7 +62,9 @@ def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, r
         return dict(train=train_rows[s['train']], val=train_rows[s['val']], test=held_rows)
     out = work / 'runs' / f"{json.dumps(overrides, sort_keys=True)}_f{fold}_s{seed}".translate(str.maketrans('{}": ,/', '_______'))
     cfg = run.config_with_preset('sample', **{**overrides, 'data_dir': str(sample.path), 'run_dir': str(out), 'overwrite': True,
-                                              'seed': seed, 'evaluate': False, 'workers': 0})
+                                              'seed': seed, 'evaluate': False, 'workers': 0,
+                                              # the quick start's pipeline on any device: CPU augmentation, fp32
+                                              'device': device, 'gpu_data': 'off', 'amp': 'none'})
     unseen_ds = CustomTumorDataset(full, unseen, eval_transform(cfg.img_size), cfg.channels)
     probe = UnseenAccuracy(make_loader(unseen_ds, 128, train=False, workers=0))
     recipe, split = run.recipe_callbacks, run.split_by_group
@@ -70,7 +80,8 @@ def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, r
         scores[name] = round(float((logits[0].argmax(1).numpy() == y).mean()), 4)
         if name == 'best': scores['best_tta'] = round(float((logits.softmax(-1).mean(0).argmax(1).numpy() == y).mean()), 4)
     res = dict(overrides=overrides, fold=fold, seed=seed, n_unseen=len(unseen), scores=scores, secs=round(secs),
-               torch=torch.__version__, threads=torch.get_num_threads(), curve=probe.curve)
+               torch=torch.__version__, threads=torch.get_num_threads(), device=device,
+               card=torch.cuda.get_device_name() if device.startswith('cuda') else None, curve=probe.curve)
     results.parent.mkdir(parents=True, exist_ok=True)
     with open(results, 'a') as f: f.write(json.dumps(res) + '\n')
     print('RESULT', json.dumps({k: v for k, v in res.items() if k != 'curve'}), flush=True)
@@ -78,21 +89,24 @@ def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, r
 
 # -- choosing the checkpoint: what each rule would have kept, scored on the unseen patients -------------------------
 def chosen_epoch(curve: list[dict], rule: str, upto: int | None = None) -> int:
-    "The epoch `rule` keeps among the first `upto`: 'max' (best.pt: highest validation accuracy, the first of ties), 'last', 'minloss', or 'seK' (the latest epoch within K SE of the highest so far)."
+    """The epoch `rule` keeps among the first `upto`: 'max' (best.pt: highest validation accuracy, the first of ties), 'last',
+    'minloss', 'seK' (the latest epoch within K SE of the highest so far) or 'seK@F' (the same, chosen afresh from epoch F)."""
     c = curve[:upto] if upto else curve
     va = [e['val_acc'] for e in c]
     if rule == 'max': return va.index(max(va))
     if rule == 'last': return len(c) - 1
     if rule == 'minloss': vl = [e['val_loss'] for e in c]; return vl.index(min(vl))
-    if rule.startswith('se'):   # the learner's rule for best.pt with best_se_margin=K, replayed
-        k, kept, top = float(rule[2:]), 0, -math.inf
+    if rule.startswith('se'):   # the learner's rule for best.pt with best_se_margin=K (and best_from=F), replayed
+        k, _, f = rule[2:].partition('@')
+        k, f, kept, top = float(k), int(f or 0), 0, -math.inf
         for i, v in enumerate(va):
+            if f and i == f: top = -math.inf
             if is_new_best(v, top, c[i]['val_n'], k): kept = i
             top = max(top, v)
         return kept
     raise ValueError(rule)
 
-def print_rules(results: Path, rules=('max', 'minloss', 'se1', 'last'), at=(30, 45)) -> None:
+def print_rules(results: Path, rules=('max', 'minloss', 'se1', 'se1@20', 'last'), at=(30, 45)) -> None:
     rows = [json.loads(l) for l in open(results)]
     by = {}
     for r in rows:   # one group per setting and seeding (seed = fold, or one seed for every fold)
@@ -101,32 +115,90 @@ def print_rules(results: Path, rules=('max', 'minloss', 'se1', 'last'), at=(30, 
     for name, runs in by.items():
         print(name, 'folds', sorted(runs))
         longest = max(len(r['curve']) for r in runs.values())   # runs that early stopping ended are scored as they ended
-        for upto in sorted({min(u, longest) for u in at}):
+        for upto in sorted({min(u, longest) for u in (*at, longest)}):   # and the whole run
             cells = []
             for rule in rules:
                 v = [r['curve'][chosen_epoch(r['curve'], rule, upto)]['u_acc'] for _, r in sorted(runs.items())]
                 cells.append(f"{rule} {np.mean(v):.3f} ({'/'.join(f'{x:.2f}' for x in v)})")
             print(f'  first {upto} epochs: ' + '  '.join(cells))
 
+# -- a grid of runs, several at once ----------------------------------------------------------------------------------
+def run_grid(settings: list[dict], seeds: list[int | None], folds: list[int], jobs: int, deadline: float | None,
+             work: Path, shared: Path, results: Path, device: str) -> None:
+    "Every (seed, fold, setting) in that order, `jobs` at a time, each in its own process; none starts after `deadline` s."
+    for prep in sorted({o.get('prep_size', run.PRESETS['sample'].get('prep_size', 128)) for o in settings}):
+        store(ROOT / 'data' / 'sample', work / f'stores/sample-{prep}', prep)   # before the runs, which would race
+        store(shared, work / f'stores/figshare-{prep}', prep)
+    grid = [(o, fold if seed is None else seed, fold) for seed in seeds for fold in folds for o in settings]
+    tmp, t0, running = Path(tempfile.mkdtemp(prefix='proxy-grid-')), time.time(), []
+    def collect(block: bool) -> None:
+        for job in [j for j in running if block or j[0].poll() is not None]:
+            job[0].wait(); running.remove(job)
+            if job[1].is_file():
+                with open(results, 'a') as f: f.write(job[1].read_text())   # one writer: lines never interleave
+            else: print(f'FAILED (exit {job[0].returncode}): {job[2]}', flush=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    for i, (o, seed, fold) in enumerate(grid):
+        while len(running) >= jobs: collect(False); time.sleep(0.5)
+        if deadline is not None and time.time() - t0 > deadline:
+            print(f'deadline: {len(grid) - i} of {len(grid)} runs not started', flush=True); break
+        res = tmp / f'{i}.jsonl'
+        cmd = [sys.executable, __file__, '--folds', str(fold), '--seeds', str(seed), '--set', json.dumps(o), '--work', str(work),
+               '--shared', str(shared), '--results', str(res), '--threads', '1', '--device', device]
+        running.append((subprocess.Popen(cmd, env={**os.environ, 'OMP_NUM_THREADS': '1'}), res, f'{o} fold {fold} seed {seed}'))
+    collect(True)
+    print(f'grid done in {time.time() - t0:.0f}s', flush=True)
+
+def print_summary(results: Path, at: str = 'best') -> None:
+    "Per setting: mean unseen accuracy of best.pt (and last, swa, best with TTA), and its paired difference to the preset itself ('{}') or else the first setting."
+    rows = [json.loads(l) for l in open(results)]
+    by = {}
+    for r in rows: by.setdefault(json.dumps(r['overrides'], sort_keys=True), {})[(r['seed'], r['fold'])] = r
+    ref_name = '{}' if '{}' in by else next(iter(by))   # the preset unchanged, where the grid has it
+    ref = by[ref_name]
+    print(f'{len(rows)} runs; differences are paired on (seed, fold) with {ref_name}')
+    for name, runs in by.items():
+        cells = []
+        for k in ('best', 'last', 'swa', 'best_tta'):
+            v = [r['scores'][k] for r in runs.values() if k in r['scores']]
+            if v: cells.append(f'{k} {np.mean(v):.3f}')
+        d = [runs[k]['scores'][at] - ref[k]['scores'][at] for k in runs if k in ref]
+        diff = f'  d({at}) {np.mean(d):+.3f} (SE {np.std(d, ddof=1) / math.sqrt(len(d)):.3f}, n {len(d)})' if len(d) > 1 and runs is not ref else ''
+        print(f'{name:60s} n {len(runs):2d}  ' + '  '.join(cells) + diff)
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--folds', type=int, nargs='+', default=[0, 1, 2, 3])
-    p.add_argument('--seed', type=int, default=None, help='seed of every run (default: the fold number)')
-    p.add_argument('--set', default='{}', help="JSON overrides of PRESETS['sample'], e.g. '{\"epochs\": 45}'")
+    p.add_argument('--seeds', type=int, nargs='+', default=None, help='seeds: each fold runs once per seed (default: seed = fold)')
+    p.add_argument('--set', action='append', help="JSON overrides of PRESETS['sample'], e.g. '{\"epochs\": 45}'; once per setting")
     p.add_argument('--shared', default=str(ROOT.parent / 'shared' / 'data' / 'figshare-jpg'))
     p.add_argument('--work', default=str(ROOT / 'runs' / 'proxy'), help='stores and run folders')
     p.add_argument('--results', default=str(ROOT / 'bench' / 'results' / 'quickstart_proxy.jsonl'))
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--device', default='cpu', help='cpu (the quick start), cuda or cuda:N: the same recipe, faster')
+    p.add_argument('--jobs', type=int, default=1, help='runs at once, each in its own process with one thread')
+    p.add_argument('--deadline', type=float, default=None, help='seconds after which no run of the grid starts')
     p.add_argument('--rules', action='store_true', help='only print the checkpoint rules over the results so far')
+    p.add_argument('--summary', action='store_true', help="only print each setting against the preset ('{}') over the results so far")
     a = p.parse_args()
-    if a.rules:
+    if a.rules or a.summary:
         if not Path(a.results).is_file(): p.error(f'--results {a.results}: no such file (run some folds first)')
-        print_rules(Path(a.results)); sys.exit()
+        print_rules(Path(a.results)) if a.rules else print_summary(Path(a.results)); sys.exit()
     if not (Path(a.shared) / 'manifest.csv').is_file(): p.error(f'--shared {a.shared}: not the figshare-jpg release (no manifest.csv)')
-    try: overrides = json.loads(a.set)
-    except json.JSONDecodeError as e: p.error(f'--set {a.set!r} is not JSON: {e}')
-    if not isinstance(overrides, dict): p.error(f'--set {a.set!r} must be a JSON object of TrainConfig parameters')
+    settings = []
+    for text in a.set or ['{}']:
+        try: o = json.loads(text)
+        except json.JSONDecodeError as e: p.error(f'--set {text!r} is not JSON: {e}')
+        if not isinstance(o, dict): p.error(f'--set {text!r} must be a JSON object of TrainConfig parameters')
+        settings.append(o)
     if not set(a.folds) <= set(range(5)): p.error(f'--folds {a.folds}: folds are 0-4')
+    if a.jobs < 1: p.error(f'--jobs {a.jobs}: at least 1')
+    try: run.get_device(a.device)
+    except Exception as e: p.error(f'--device {a.device!r}: {e}')
+    seeds = a.seeds or [None]
+    if a.jobs > 1:
+        run_grid(settings, seeds, a.folds, a.jobs, a.deadline, Path(a.work), Path(a.shared), Path(a.results), a.device); sys.exit()
     torch.set_num_threads(a.threads)
-    for fold in a.folds:
-        proxy_run(fold, fold if a.seed is None else a.seed, overrides, Path(a.work), Path(a.shared), Path(a.results))
+    for seed in seeds:
+        for fold in a.folds:
+            for o in settings: proxy_run(fold, fold if seed is None else seed, o, Path(a.work), Path(a.shared), Path(a.results), a.device)

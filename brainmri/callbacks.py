@@ -352,9 +352,10 @@ class EarlyStopping(AdaptiveCallback):
 
     def is_best(self, value, n=None) -> bool:
         """Whether `value` makes this epoch the one to keep: the learner's rule for best.pt when it watches validation
-        accuracy with a `best_se_margin` (`Learner.is_new_best`), else a strictly better value (a tie keeps the earlier epoch)."""
+        accuracy with a `best_se_margin` or a `best_from` (`Learner.is_new_best`), else a strictly better value (a tie keeps the earlier epoch)."""
         if not _finite(value): return False
-        if self.monitor == 'val_acc' and self.learn is not None and self.learn.best_se_margin > 0: return self.learn.is_new_best(value, n)
+        l = self.learn
+        if self.monitor == 'val_acc' and l is not None and (l.best_se_margin > 0 or l.best_from > 0): return l.is_new_best(value, n)
         return self.best is None or (value > self.best if self.mode == 'max' else value < self.best)
 
     def after_epoch(self):

@@ -96,11 +96,14 @@ class Learner:
                  classes: Sequence[str] | None = None, channels_last: bool | None = None, compile: bool = False,
                  seed: int | None = None, distributed: bool | None = None, clip_grad: float | None = None,
                  default_cbs: bool = True, progress_bar: bool = True, meta: dict | None = None,
-                 best_se_margin: float = 0.0):
+                 best_se_margin: float = 0.0, best_from: int = 0):
         check_int(grad_accum, 'grad_accum', lo=1); check_int(max_nan_steps, 'max_nan_steps', lo=1)
         check_number(lr, 'lr', lo=0, lo_open=True); check_number(wd, 'wd', lo=0)
         # best.pt may move to a later epoch whose validation accuracy lies within this many SE of the best (`is_new_best`)
         self.best_se_margin = check_number(best_se_margin, 'best_se_margin', lo=0)
+        # ... and from epoch `best_from` on (0-based) it is chosen afresh: an earlier epoch, still in warm-up or a lucky
+        # draw of a small validation set, holds best.pt only until then (the Recorder starts `best_metric` over)
+        self.best_from = check_int(best_from, 'best_from', lo=0)
         self.classes = tuple(classes) if classes is not None else _default_classes()[:n_classes or None]
         self.n_classes = n_classes or len(self.classes)
         if len(self.classes) != self.n_classes:
@@ -155,7 +158,8 @@ class Learner:
     def is_new_best(self, acc, n: int | None = None) -> bool:
         """Whether validation accuracy `acc` (on `n` slices) makes this epoch best.pt: higher than `best_metric`, or,
         with `best_se_margin` > 0, no more than that many standard errors below it: a later epoch that the
-        validation set cannot tell from the best one (`brainmri.metrics.is_new_best`)."""
+        validation set cannot tell from the best one (`brainmri.metrics.is_new_best`). From epoch `best_from` on,
+        `best_metric` counts only epochs from there."""
         return is_new_best(acc, self.best_metric, n, self.best_se_margin)
 
     def get_cb(self, key: str | type) -> Callback | None:
@@ -460,6 +464,7 @@ class Recorder(Callback):
     order = 90
     def before_epoch(self):
         l = self.learn
+        if l.best_from and l.epoch == l.best_from: l.best_metric = float('-inf')   # best.pt is chosen afresh from here
         self._t0 = time.perf_counter()
         self._cm = torch.zeros(l.n_classes, l.n_classes, dtype=torch.long, device=l.device)
         self._loss, self._n = (torch.zeros((), dtype=torch.float64, device=l.device) for _ in range(2))

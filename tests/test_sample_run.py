@@ -11,15 +11,17 @@ def test_sample_run_beats_chance(tmp_path):
     env = {**os.environ, 'MPLBACKEND': 'Agg'}
     r = subprocess.run([bin_path('brainmri_train'), '--preset', 'sample', '--data-dir', str(ROOT / 'data' / 'sample'),
                         '--store-dir', str(tmp_path / 'store'), '--run-dir', str(run)],
-                       capture_output=True, text=True, env=env, timeout=1800, cwd=tmp_path)   # ~3 min on an idle 2-core machine
+                       capture_output=True, text=True, env=env, timeout=1800, cwd=tmp_path)   # ~3.5 min on an idle 2-core machine
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     params = json.loads((run / 'params.json').read_text())
     assert params['model'] == 'basic'                # the quick start trains the original's model
-    # best.pt follows the preset's 1-SE rule: the learner's flags are that rule replayed on the run's history
+    # best.pt follows the preset's 1-SE rule, chosen afresh from epoch best_from: the learner's flags are that rule
+    # replayed on the run's history
     hist, top, flags = json.loads((run / 'history.json').read_text()), float('-inf'), []
     for h in hist:
+        if h['epoch'] == params['best_from']: top = float('-inf')
         flags.append(is_new_best(h['val_acc'], top, h['val_n'], params['best_se_margin'])); top = max(top, h['val_acc'])
-    assert params['best_se_margin'] == 1.0 and [h['is_best'] for h in hist] == flags
+    assert (params['best_se_margin'], params['best_from']) == (1.0, 20) and [h['is_best'] for h in hist] == flags
     assert sum(flags) > sum(h['val_acc'] > max([0, *(g['val_acc'] for g in hist[:i])]) for i, h in enumerate(hist))  # it moved best.pt at least once
     m = json.loads((run / 'metrics.json').read_text())
     test = m['best']['test']
