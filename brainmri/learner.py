@@ -101,7 +101,7 @@ class Learner:
         check_number(lr, 'lr', lo=0, lo_open=True); check_number(wd, 'wd', lo=0)
         # best.pt may move to a later epoch whose validation accuracy lies within this many SE of the best (`is_new_best`)
         self.best_se_margin = check_number(best_se_margin, 'best_se_margin', lo=0)
-        # ... and from epoch `best_from` on (0-based) it is chosen afresh: an earlier epoch, still in warm-up or a lucky
+        # ... and once `best_from` epochs are done it is chosen afresh: an earlier epoch, still in warm-up or a lucky
         # draw of a small validation set, holds best.pt only until then (the Recorder starts `best_metric` over)
         self.best_from = check_int(best_from, 'best_from', lo=0)
         self.classes = tuple(classes) if classes is not None else _default_classes()[:n_classes or None]

@@ -99,7 +99,7 @@ class TrainConfig:
     patience: int = 18                  # epochs without a better validation accuracy before stopping
     min_patience: int = 5               # stretching never takes patience under this (nor under patience itself, if smaller)
     best_se_margin: float = 0.0         # best.pt (and early stopping's kept weights) moves to a later epoch within this many SE of the best validation accuracy (0: only a higher one)
-    best_from: int = 0                  # best.pt is chosen afresh from this epoch on: an earlier one (warm-up, a lucky draw of a small validation set) holds it only until then
+    best_from: int = 0                  # best.pt is chosen afresh once this many epochs are done: an earlier epoch (warm-up, a lucky draw of a small validation set) holds it only until then
     rollback: bool = True               # go back to the last good state when validation gets worse
     max_rollbacks: int = 10             # at most this many rollbacks in a run
     rollback_cooldown: int = 5          # epochs after a rollback in which no other follows
