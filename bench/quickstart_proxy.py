@@ -19,7 +19,7 @@ same folds). `--device cuda` trains the same recipe on a GPU (augmentation on th
         --set '{}' --set '{"epochs": 60, "aug_boundaries": [40, 53]}' --results /tmp/out/sweep.jsonl
     python bench/quickstart_proxy.py --summary --results /tmp/out/sweep.jsonl   # each setting against the preset ('{}')
 """
-import argparse, json, math, os, subprocess, sys, tempfile, time
+import argparse, json, math, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,7 @@ def run_grid(settings: list[dict], seeds: list[int | None], folds: list[int], jo
                '--shared', str(shared), '--results', str(res), '--threads', '1', '--device', device]
         running.append((subprocess.Popen(cmd, env={**os.environ, 'OMP_NUM_THREADS': '1'}), res, f'{o} fold {fold} seed {seed}'))
     collect(True)
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f'grid done in {time.time() - t0:.0f}s', flush=True)
 
 def print_summary(results: Path, at: str = 'best') -> None:
@@ -177,7 +178,7 @@ if __name__ == '__main__':
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--device', default='cpu', help='cpu (the quick start), cuda or cuda:N: the same recipe, faster')
     p.add_argument('--jobs', type=int, default=1, help='runs at once, each in its own process with one thread')
-    p.add_argument('--deadline', type=float, default=None, help='seconds after which no run of the grid starts')
+    p.add_argument('--deadline', type=float, default=None, help='seconds after which no run of the grid (--jobs > 1) starts')
     p.add_argument('--rules', action='store_true', help='only print the checkpoint rules over the results so far')
     p.add_argument('--summary', action='store_true', help="only print each setting against the preset ('{}') over the results so far")
     a = p.parse_args()
