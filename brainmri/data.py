@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 from fastcore.script import anno_parser
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from .core import (IMAGE_SUFFIXES, BrainMRIError, check_channels, check_indices, check_int, atomic_dir, atomic_write, check_path, load_json, log,
                            make_generator, progress, repo_root, sample_data_dir, save_json, seed_worker)
@@ -747,7 +747,10 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 2
     n = len(sampler) if sampler is not None else len(dataset)
     drop_last = bool(train) and n >= batch_size
     if train and not drop_last: log(f"{n} training samples is less than batch_size={batch_size}: keeping the one short batch", 'warn')
-    return DataLoader(dataset, batch_size=batch_size, shuffle=bool(train) and sampler is None, sampler=sampler,
+    # the shuffle gets its own generator: DataLoader draws its workers' base seed from `generator` at a different point
+    # with workers (once, persistent) than without (every epoch), so a shared one made the batches depend on `workers`
+    if train and sampler is None: sampler = RandomSampler(dataset, generator=make_generator(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                       persistent_workers=workers > 0 if persistent_workers is None else persistent_workers,
                       prefetch_factor=prefetch_factor, drop_last=drop_last, generator=make_generator(seed),

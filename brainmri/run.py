@@ -177,7 +177,7 @@ _VAL_DRIVEN_OFF = dict(early_stopping=False, rollback=False, class_penalty=False
 
 PRESETS: dict[str, dict[str, Any]] = {
     'default': {},
-    'sample': dict(img_size=32, prep_size=128, epochs=75, batch_size=16, grad_accum=1, workers=2, n_boot=300,
+    'sample': dict(img_size=32, prep_size=128, epochs=75, batch_size=16, grad_accum=1, workers=0, n_boot=300,
                    lr=3e-3, open_block2_at=0, scale_milestones=False, mixup=False, weighted_sampler=False,
                    dropouts=(0.0, 0.0, 0.0), noise_std=0.0, aug_boundaries=(50, 66), best_se_margin=1.0, best_from=20,
                    **_VAL_DRIVEN_OFF),
