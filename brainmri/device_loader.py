@@ -137,10 +137,13 @@ class DeviceLoader:
         n = len(self.dataset)
         if not self.train: order, aug_seed = torch.arange(n), None
         else:
-            # a DataLoader iterator's first draw (its worker base seed), then the sampler's: same order as the worker path
+            # the order as make_loader's shuffle draws it (its own generator, seeded as this one is), and the augmentation's
+            # seed as a DataLoader iterator's first draw from the loader's generator (its workers' base seed)
+            if self.sampler is None:
+                shuffle = torch.Generator(); shuffle.set_state(self.generator.get_state())
+                order = torch.randperm(n, generator=shuffle)
             aug_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
-            if self.sampler is None: order = torch.randperm(n, generator=self.generator)
-            else:
+            if self.sampler is not None:
                 order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
                 if len(order) and (order.min() < 0 or order.max() >= n):
                     raise BrainMRIError(f"sampler drew index {int(order.max() if order.max() >= n else order.min())}, outside 0..{n - 1}")
