@@ -32,7 +32,7 @@ from brainmri.augment import eval_transform
 from brainmri.data import CustomTumorDataset, group_kfold, load_store, make_loader, prepare, split_by_group
 from brainmri.evaluate import load_model_from_checkpoint, predict_logits
 from brainmri.learner import Callback
-from brainmri.metrics import is_new_best
+from brainmri.metrics import best_epoch_flags
 
 def store(src: Path, dest: Path, size: int):
     "The prepared store of `src` at `size` px under `dest` (`prepare` does nothing when it is already there)."
@@ -98,12 +98,8 @@ def chosen_epoch(curve: list[dict], rule: str, upto: int | None = None) -> int:
     if rule == 'minloss': vl = [e['val_loss'] for e in c]; return vl.index(min(vl))
     if rule.startswith('se'):   # the learner's rule for best.pt with best_se_margin=K (and best_from=F), replayed
         k, _, f = rule[2:].partition('@')
-        k, f, kept, top = float(k), int(f or 0), 0, -math.inf
-        for i, v in enumerate(va):
-            if f and i == f: top = -math.inf
-            if is_new_best(v, top, c[i]['val_n'], k): kept = i
-            top = max(top, v)
-        return kept
+        flags = best_epoch_flags(va, [e['val_n'] for e in c], float(k), int(f or 0))
+        return max((i for i, b in enumerate(flags) if b), default=0)
     raise ValueError(rule)
 
 def print_rules(results: Path, rules=('max', 'minloss', 'se1', 'se1@20', 'last'), at=(30, 45)) -> None:

@@ -5,11 +5,12 @@
 # %% ../nbs/04a_metrics.ipynb #c004
 from __future__ import annotations
 import math
+from typing import Sequence
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['confusion_update', 'confusion_metrics', 'accuracy_se', 'is_new_best']
+__all__ = ['confusion_update', 'confusion_metrics', 'accuracy_se', 'is_new_best', 'best_epoch_flags']
 
 # %% ../nbs/04a_metrics.ipynb #c005
 def confusion_update(cm: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -44,3 +45,14 @@ def is_new_best(acc, best: float, n: int | None = None, se_margin: float = 0.0) 
     if se_margin <= 0 or not math.isfinite(best): return False
     tol = se_margin * accuracy_se(best, n)
     return math.isfinite(tol) and acc >= best - tol
+
+def best_epoch_flags(accs: Sequence[float], ns: Sequence[int | None], se_margin: float = 0.0, best_from: int = 0) -> list[bool]:
+    """Replay the learner's rule for best.pt over a run's validation accuracies `accs` (on `ns` samples): which epochs
+    would have written best.pt with `best_se_margin=se_margin` and `best_from=best_from` (the search starts over there)."""
+    flags, top = [], float('-inf')
+    for epoch, (acc, n) in enumerate(zip(accs, ns)):
+        if best_from and epoch == best_from: top = float('-inf')
+        flags.append(is_new_best(acc, top, n, se_margin))
+        if flags[-1]: top = max(top, acc)
+    return flags
+
