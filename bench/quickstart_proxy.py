@@ -65,7 +65,7 @@ def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, r
                                               'seed': seed, 'evaluate': False, 'workers': 0,
                                               # the quick start's pipeline on any device: CPU augmentation, fp32
                                               'device': device, 'gpu_data': 'off', 'amp': 'none'})
-    unseen_ds = CustomTumorDataset(full, unseen, eval_transform(cfg.img_size), cfg.channels)
+    unseen_ds = CustomTumorDataset(full, unseen, eval_transform(cfg.img_size, resize=cfg.resize), cfg.channels)
     probe = UnseenAccuracy(make_loader(unseen_ds, 128, train=False, workers=0))
     recipe, split = run.recipe_callbacks, run.split_by_group
     run.recipe_callbacks, run.split_by_group = (lambda c: [*recipe(c), probe]), fold_split
@@ -178,6 +178,7 @@ if __name__ == '__main__':
     p.add_argument('--rules', action='store_true', help='only print the checkpoint rules over the results so far')
     p.add_argument('--summary', action='store_true', help="only print each setting against the preset ('{}') over the results so far")
     a = p.parse_args()
+    a.work = str(Path(a.work).resolve())   # run_training resolves a relative run_dir against the project, not the cwd
     if a.rules or a.summary:
         if not Path(a.results).is_file(): p.error(f'--results {a.results}: no such file (run some folds first)')
         print_rules(Path(a.results)) if a.rules else print_summary(Path(a.results)); sys.exit()

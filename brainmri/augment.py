@@ -20,9 +20,10 @@ from albumentations.pytorch import ToTensorV2
 from .core import BrainMRIError, check_int, load_json, save_json
 
 # %% auto #0
-__all__ = ['TRANSFORMS', 'TRANSFORM_TITLES', 'TRANSFORM_HINTS', 'AUGMENT_PATHS', 'PhaseParams', 'default_phases', 'AugmentConfig',
-           'phase_for_epoch', 'build_phase_pipeline', 'describe_pipeline', 'PhaseTransform', 'eval_transform',
-           'GPUPhaseAugment', 'AugmentationExplorer', 'augmentation_explorer']
+__all__ = ['TRANSFORMS', 'TRANSFORM_TITLES', 'TRANSFORM_HINTS', 'RESIZE_MODES', 'AUGMENT_PATHS', 'PhaseParams', 'default_phases',
+           'AugmentConfig', 'phase_for_epoch', 'resize_transform', 'build_phase_pipeline', 'describe_pipeline',
+           'PhaseTransform', 'eval_transform', 'resize_tensor', 'GPUPhaseAugment', 'AugmentationExplorer',
+           'augmentation_explorer']
 
 # %% ../nbs/02_augment.ipynb #c007
 #: Transforms by name, in the order a pipeline applies them.
@@ -99,6 +100,11 @@ def default_phases() -> tuple[PhaseParams, PhaseParams, PhaseParams]:
     minimal = PhaseParams(hflip_p=0.5)
     return strong, mild, minimal
 
+#: How the fixed tail shrinks an image to `img_size`: cv2's INTER_AREA (the mean of the pixels each output pixel
+#: covers) or INTER_LINEAR (two pixels of each axis, whatever the factor: past 2× it skips pixels and aliases).
+#: Both interpolate bilinearly when the image grows.
+RESIZE_MODES = ('area', 'linear')
+
 @dataclass(frozen=True)
 class AugmentConfig:
     "Phase boundaries, per-phase transform parameters, switched-off transforms and the fixed tail (resize, normalise)."
@@ -108,6 +114,7 @@ class AugmentConfig:
     img_size: int = 224                   # output side after Resize
     mean: float = 0.5                     # Normalize: (x/255 - mean) / std
     std: float = 0.5
+    resize: str = 'area'                  # shrinking to img_size: 'area' (every pixel counts) or 'linear' (bilinear)
 
     def __post_init__(self):
         b = self.boundaries
@@ -128,6 +135,7 @@ class AugmentConfig:
         object.__setattr__(self, 'img_size', int(self.img_size))
         if not _is_number(self.mean): raise BrainMRIError(f"mean={self.mean!r} must be a number")
         if not _is_number(self.std) or self.std <= 0: raise BrainMRIError(f"std={self.std!r} must be a positive number")
+        if self.resize not in RESIZE_MODES: raise BrainMRIError(f"resize={self.resize!r} must be one of {', '.join(map(repr, RESIZE_MODES))}")
 
     def active(self, phase: int) -> list[str]:
         "Names of the transforms that can fire in `phase` (p > 0 and not disabled), in pipeline order."
@@ -143,7 +151,7 @@ class AugmentConfig:
     def to_dict(self) -> dict:
         "Plain JSON-ready dict (for params.json); `AugmentConfig.from_dict` reads it back."
         return {'boundaries': list(self.boundaries), 'phases': [dataclasses.asdict(p) for p in self.phases],
-                'disabled': list(self.disabled), 'img_size': self.img_size, 'mean': self.mean, 'std': self.std}
+                'disabled': list(self.disabled), 'img_size': self.img_size, 'mean': self.mean, 'std': self.std, 'resize': self.resize}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> AugmentConfig:
@@ -211,11 +219,15 @@ _TRANSFORM_TABLE = {  # name: (build albumentations transform, describe)
 }
 assert tuple(_TRANSFORM_TABLE) == TRANSFORMS
 
+def resize_transform(cfg: AugmentConfig) -> A.Resize:
+    "The fixed tail's Resize to `cfg.img_size`: area interpolation when shrinking if `cfg.resize == 'area'`, bilinear otherwise."
+    return A.Resize(cfg.img_size, cfg.img_size, interpolation=cv2.INTER_LINEAR, area_for_downscale='image' if cfg.resize == 'area' else None)
+
 def build_phase_pipeline(phase: int, cfg: AugmentConfig | None = None) -> A.Compose:
     "The albumentations pipeline of `phase`: its active transforms, then Resize, Normalize and ToTensorV2."
     cfg = cfg or AugmentConfig()
     pp = cfg.phases[_check_phase(phase)]
-    tail = [A.Resize(cfg.img_size, cfg.img_size), A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()]
+    tail = [resize_transform(cfg), A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose([_TRANSFORM_TABLE[n][0](pp) for n in cfg.active(phase)] + tail)
 
 # %% ../nbs/02_augment.ipynb #c023
@@ -241,7 +253,8 @@ def describe_pipeline(cfg: AugmentConfig | PhaseTransform | None = None, epoch: 
     lines = [f"{head} ({['strong', 'mild', 'minimal'][phase]}, {span})"]
     active = cfg.active(phase)
     lines += [f"  {i}. {_TRANSFORM_TABLE[n][1](pp)}" for i, n in enumerate(active, 1)] or ['  (no random transforms)']
-    lines.append(f"  then: Resize({cfg.img_size}×{cfg.img_size}) → Normalize(mean={cfg.mean:g}, std={cfg.std:g}) → ToTensorV2")
+    how = 'area when shrinking' if cfg.resize == 'area' else 'bilinear'
+    lines.append(f"  then: Resize({cfg.img_size}×{cfg.img_size}, {how}) → Normalize(mean={cfg.mean:g}, std={cfg.std:g}) → ToTensorV2")
     off = [n for n in TRANSFORMS if pp.p(n) == 0 and n not in cfg.disabled]
     if off: lines.append(f"  off in this phase (p=0): {', '.join(off)}")
     if cfg.disabled: lines.append(f"  disabled by name: {', '.join(cfg.disabled)}")
@@ -330,11 +343,27 @@ class PhaseTransform:
     def __repr__(self): return f"PhaseTransform(seed={self.seed}, epoch={self.epoch}, phase={self.phase}, img_size={self.cfg.img_size})"
 
 # %% ../nbs/02_augment.ipynb #c041
-def eval_transform(img_size: int = 224, mean: float = 0.5, std: float = 0.5) -> PhaseTransform:
-    "The training pipeline without augmentation: Resize to `img_size`, Normalize, to tensor (deterministic)."
-    return PhaseTransform(AugmentConfig(img_size=img_size, mean=mean, std=std, disabled=TRANSFORMS))
+def eval_transform(img_size: int = 224, mean: float = 0.5, std: float = 0.5, resize: str = 'area') -> PhaseTransform:
+    "The training pipeline without augmentation: Resize to `img_size` (`resize`: see `RESIZE_MODES`), Normalize, to tensor (deterministic)."
+    return PhaseTransform(AugmentConfig(img_size=img_size, mean=mean, std=std, resize=resize, disabled=TRANSFORMS))
 
 # %% ../nbs/02_augment.ipynb #c044
+def _area_weights(n_in: int, n_out: int, device, dtype=torch.float32) -> torch.Tensor:
+    "n_out×n_in: the share of input pixel j in output pixel i when n_in pixels shrink to n_out (cv2 INTER_AREA's weights)."
+    s = n_in / n_out
+    lo = torch.arange(n_out, dtype=torch.float64)[:, None] * s
+    j = torch.arange(n_in, dtype=torch.float64)[None]
+    return ((torch.minimum(lo + s, j + 1) - torch.maximum(lo, j)).clamp(min=0) / s).to(device=device, dtype=dtype)
+
+def resize_tensor(x: torch.Tensor, size: int, resize: str = 'area') -> torch.Tensor:
+    "A float batch B×C×S×S resized to B×C×size×size as the fixed tail resizes (`resize` as in `AugmentConfig`): area or bilinear."
+    n = x.shape[-1]
+    if n == size: return x
+    if resize == 'area' and n > size:
+        w = _area_weights(n, size, x.device, x.dtype)
+        return w @ x @ w.T
+    return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=False)
+
 class GPUPhaseAugment:
     "Phase-aware augmentation of a uint8 batch B×1×S×S on its own device; returns float B×1×img_size×img_size, normalised."
     def __init__(self, cfg: AugmentConfig | None = None, seed: int = 0, epoch: int = 0):
@@ -403,8 +432,10 @@ class GPUPhaseAugment:
         pp, active = cfg.phases[self.phase], cfg.active(self.phase)
         # affine_grid maps output coordinates to input ones: the inverse of the forward transform.
         theta = torch.linalg.inv_ex(self.matrices(n, g, x.device)).inverse[:, :2, :]  # inv_ex: no GPU sync (the matrices are always invertible)
-        grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
-        out = F.grid_sample(x.float() / 255, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+        # sample at the input's size when the tail averages down, else straight at img_size (one interpolation)
+        at = x.shape[-1] if cfg.resize == 'area' and x.shape[-1] > size else size
+        grid = F.affine_grid(theta, [n, 1, at, at], align_corners=False)
+        out = resize_tensor(F.grid_sample(x.float() / 255, grid, mode='bilinear', padding_mode='zeros', align_corners=False), size, cfg.resize)
         rand = lambda: torch.rand(n, 1, 1, 1, generator=g, device=x.device)
         if 'brightness_contrast' in active:
             fire = rand() < pp.brightness_contrast_p
@@ -426,8 +457,8 @@ AUGMENT_PATHS = {
             'PhaseTransform in the DataLoader workers.'),
     'gpu': ('GPU batch (torch)', 'what training applies with gpu_data on (the default on CUDA): GPUPhaseAugment, here on '
             'CPU tensors. It differs from the CPU path: rotation, quarter turns, flips, shift and zoom are one bilinear '
-            'resampling that also resizes (the CPU path resamples per transform, then resizes); noise is added after the '
-            'resize (a little stronger per pixel); the random draws come from torch, so draw i is another picture than '
+            'resampling (the CPU path resamples per transform), then the same resize; noise is added after the '
+            'resize (stronger per pixel); the random draws come from torch, so draw i is another picture than '
             'on the CPU path, with the same probabilities and ranges.'),
 }
 
@@ -597,7 +628,7 @@ class AugmentationExplorer:
         "Redraw the picture and the readout from the controls."
         from matplotlib.figure import Figure
         c, cfg = self.controls, self.cfg
-        original = cv2.resize(self.current_image(), (cfg.img_size, cfg.img_size), interpolation=cv2.INTER_LINEAR)
+        original = resize_transform(cfg)(image=self.current_image())['image']   # what the network sees, unaugmented
         shown = (self.samples()[:, 0] * cfg.std + cfg.mean).clamp(0, 1).numpy()
         cols = math.ceil(self.n_samples / 2) if self.n_samples > 1 else 1
         fig = Figure(figsize=(1.9 * (cols + 1.3), 4.0), dpi=90)

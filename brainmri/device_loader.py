@@ -9,10 +9,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Sampler
 
-from .augment import AugmentConfig, GPUPhaseAugment
+from .augment import AugmentConfig, GPUPhaseAugment, resize_tensor
 from .core import BrainMRIError, check_channels, check_indices, check_int, get_device, make_generator
 from .data import PreparedStore, load_store, make_weighted_sampler, store_tensor
 from .distributed import pad_to_multiple, seed_loader_epoch, shard
@@ -21,13 +20,11 @@ from .distributed import pad_to_multiple, seed_loader_epoch, shard
 __all__ = ['resize_normalize', 'DeviceDataset', 'DeviceLoader']
 
 # %% ../nbs/09_device_loader.ipynb #c007
-def resize_normalize(x: torch.Tensor, img_size: int, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
-    "A uint8 batch B×C×S×S as float B×C×img_size×img_size: bilinear resize (cv2 INTER_LINEAR's sample points), then (x/255 − mean)/std."
+def resize_normalize(x: torch.Tensor, img_size: int, mean: float = 0.5, std: float = 0.5, resize: str = 'area') -> torch.Tensor:
+    "A uint8 batch B×C×S×S as float B×C×img_size×img_size: resized as the fixed tail does (`resize`: area or bilinear), then (x/255 − mean)/std."
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
         raise BrainMRIError(f"x must be a uint8 tensor B×C×H×W, got {getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
-    y = x.float()
-    if tuple(y.shape[-2:]) != (img_size, img_size):
-        y = F.interpolate(y, size=(img_size, img_size), mode='bilinear', align_corners=False, antialias=False)
+    y = resize_tensor(x.float(), img_size, resize)
     return y.mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 # %% ../nbs/09_device_loader.ipynb #c009
@@ -60,7 +57,7 @@ class DeviceDataset:
         "The images at positions `pos` (int64 tensor on this device) as float B×C×img_size×img_size, and their labels."
         x = self.images[pos].unsqueeze(1)
         if self.transform is not None: x = self.transform(x, generator=generator)
-        else: x = resize_normalize(x, self.cfg.img_size, self.cfg.mean, self.cfg.std)
+        else: x = resize_normalize(x, self.cfg.img_size, self.cfg.mean, self.cfg.std, self.cfg.resize)
         if self.channels == 3: x = x.expand(-1, 3, -1, -1)
         return x, self.targets[pos]
 

@@ -26,7 +26,7 @@ from .core import (IMAGE_SUFFIXES, BrainMRIError, atomic_write, check_number, ch
                            nan_to_none, save_json, to_plain)
 from .data import (CLASSES, NO_TUMOUR, CustomTumorDataset, box_from_mask, canonical_class, decode_image, load_store,
                            make_loader, split_by_group, to_square_uint8)
-from .augment import AugmentConfig, eval_transform
+from .augment import AugmentConfig, PhaseTransform, eval_transform
 from .runfolder import SPLIT_FILE, load_split
 from .model import BasicCNNModel, create_model
 from .checkpoint import config_diff
@@ -38,8 +38,8 @@ __all__ = ['CALIBRATION_FILE', 'read_checkpoint', 'load_model_from_checkpoint', 
            'bootstrap_samples', 'classification_report_dict', 'calibrated_probs', 'temperature_nll', 'fit_temperature',
            'grad_cam', 'cam_peaks', 'box_pixels', 'occlude', 'mirror_box', 'in_box', 'OccludedTransform', 'class_map',
            'shortcut_audit', 'interpret_audit', 'plot_confusion', 'plot_reliability', 'plot_roc', 'plot_cam_grid',
-           'plot_audit', 'run_settings', 'evaluate_checkpoint', 'evaluate_run', 'evaluate_external', 'summary_table',
-           'checkpoint_settings', 'predict_images']
+           'plot_audit', 'run_settings', 'settings_transform', 'evaluate_checkpoint', 'evaluate_run',
+           'evaluate_external', 'summary_table', 'checkpoint_settings', 'predict_images']
 
 # %% ../nbs/08_evaluate.ipynb #c007
 def _unwrap_state(state: dict) -> dict:
@@ -515,7 +515,7 @@ def plot_audit(audit: dict, title: str = '', path=None) -> Figure:
 _SETTINGS = {  # setting: (keys looked for in params.json, in order)
     'store': ('store', 'store_dir', 'prepared', 'prepared_dir', 'data_dir'),
     'img_size': ('img_size', 'image_size'), 'channels': ('channels',), 'mean': ('mean',), 'std': ('std',),
-    'val_frac': ('val_frac',), 'test_frac': ('test_frac',), 'split_seed': ('split_seed', 'seed'),
+    'resize': ('resize',), 'val_frac': ('val_frac',), 'test_frac': ('test_frac',), 'split_seed': ('split_seed', 'seed'),
     'store_size': ('size', 'prep_size', 'store_size'),
 }
 
@@ -532,7 +532,8 @@ def run_settings(params: dict | None, model_config: dict | None = None) -> tuple
     "(data settings for evaluation, names of those that fell back to defaults) from a run's params.json dict."
     params, aug = params or {}, AugmentConfig()
     defaults = dict(store=None, img_size=aug.img_size, channels=(model_config or {}).get('in_chans', 1), mean=aug.mean,
-                    std=aug.std, val_frac=0.15, test_frac=0.15, split_seed=0, store_size=None)
+                    # a run that does not record `resize` predates it: it trained on bilinear shrinking
+                    std=aug.std, resize='linear', val_frac=0.15, test_frac=0.15, split_seed=0, store_size=None)
     out, fallbacks = {}, []
     for name, keys in _SETTINGS.items():
         v = next((v for v in (_find(params, k) for k in keys) if v is not None), None)
@@ -541,6 +542,10 @@ def run_settings(params: dict | None, model_config: dict | None = None) -> tuple
     for k in ('img_size', 'channels', 'split_seed'): out[k] = int(out[k])
     for k in ('mean', 'std', 'val_frac', 'test_frac'): out[k] = float(out[k])
     return out, fallbacks
+
+def settings_transform(settings: dict) -> PhaseTransform:
+    "The evaluation transform of a run's data settings (`run_settings`, `checkpoint_settings`): its input size, resize and normalisation."
+    return eval_transform(settings['img_size'], settings['mean'], settings['std'], settings['resize'])
 
 # %% ../nbs/08_evaluate.ipynb #c054
 def _json_ready(x):
@@ -609,7 +614,7 @@ def evaluate_checkpoint(path: str | os.PathLike, store, splits: dict, split: str
         raise BrainMRIError(f"data_dir={str(store.path)!r} holds classes {list(store.classes)} but checkpoint "
                             f"{path.name} was trained on {list(ckpt.get('classes') or CLASSES)}")
     channels = settings.get('channels', model.in_chans)
-    tf = eval_transform(settings['img_size'], settings['mean'], settings['std'])
+    tf = settings_transform(settings)
     name = path.stem
     def run(rows):
         return predict_logits(model, CustomTumorDataset(store, rows, tf, channels), device, tta, batch_size, workers)
@@ -720,7 +725,7 @@ def evaluate_external(run_dir: str | os.PathLike, data_dir: str | os.PathLike, o
                    settings_fallbacks=used_fb, n={'all': len(rows)})
     log(f"scoring {len(rows)} images of {store.path} on the classes the model knows ({', '.join(shared)}); left out "
         + (', '.join(f'{k} {c}' for c, k in left_out.items()) or 'none'), 'info')
-    tf = eval_transform(settings['img_size'], settings['mean'], settings['std'])
+    tf = settings_transform(settings)
     for name, path in ckpts.items():
         model, ckpt = load_model_from_checkpoint(path, device=device)
         T = load_temperature(path)
@@ -773,7 +778,7 @@ def checkpoint_settings(path: str | os.PathLike, ckpt: dict) -> dict:
     meta = ckpt.get('meta') or {}
     if meta.get('img_size'):
         return dict(img_size=int(meta['img_size']), channels=int(meta.get('channels', 1)), mean=float(meta['mean']),
-                    std=float(meta['std']), store_size=int(meta['store_size']))
+                    std=float(meta['std']), resize=str(meta.get('resize', 'linear')), store_size=int(meta['store_size']))
     params_path = Path(path).parent / 'params.json'
     log(f"{Path(path).name} does not describe its input (a checkpoint of kit 0.1): reading "
         + (str(params_path) if params_path.exists() else 'the defaults (224 px, a 256 px store)'), 'warn')
@@ -781,7 +786,7 @@ def checkpoint_settings(path: str | os.PathLike, ckpt: dict) -> dict:
     size = settings['store_size']
     if size is None and settings['store'] and (Path(settings['store']) / 'meta.json').exists():
         size = load_json(Path(settings['store']) / 'meta.json').get('size')
-    return {**{k: settings[k] for k in ('img_size', 'channels', 'mean', 'std')}, 'store_size': int(size or 256)}
+    return {**{k: settings[k] for k in ('img_size', 'channels', 'mean', 'std', 'resize')}, 'store_size': int(size or 256)}
 
 def _cam_names(files: list[Path]) -> list[str]:
     "One overlay file name per image: its name, prefixed by the folders that tell apart images of the same name."
@@ -815,7 +820,7 @@ def predict_images(images, checkpoint: str | os.PathLike, device: str | torch.de
         log(f"{path.name}: no temperature given{fitted}: probabilities at T = 1", 'warn')
     T = check_number(float(T or 1.0), 'temperature', lo=0, lo_open=True)
     s = checkpoint_settings(path, ckpt)
-    tf, dev, out = eval_transform(s['img_size'], s['mean'], s['std']), get_device(device), []
+    tf, dev, out = settings_transform(s), get_device(device), []
     names = _cam_names(files)
     for start in range(0, len(files), batch_size):
         chunk, xs = [], []

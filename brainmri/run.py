@@ -20,7 +20,7 @@ from .core import (BrainMRIError, check_bool, check_channels, check_choice, chec
                            save_json, seed_everything, to_plain)
 from .data import (CustomTumorDataset, PreparedStore, check_classes, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
-from .augment import AugmentConfig, PhaseTransform, eval_transform
+from .augment import RESIZE_MODES, AugmentConfig, PhaseTransform, eval_transform
 from .model import MODELS, create_model
 from .schedule import ScheduleConfig
 from .losses import make_loss
@@ -52,6 +52,7 @@ class TrainConfig:
     store_dir: str | None = None        # where a raw source is prepared (default: prepared/<name>-<prep_size> beside the runs)
     prep_size: int = 256                # side of the stored uint8 images
     img_size: int = 224                 # side the network sees (after augmentation)
+    resize: str = 'area'                # shrinking to img_size: area (the mean of the pixels covered) or linear (bilinear, aliases past 2x)
     channels: int = 1                   # 1 (grey) or 3 (grey repeated, for RGB-shaped models)
     val_frac: float = 0.15              # fraction of groups (patients) held out for validation
     test_frac: float = 0.15             # fraction of groups held out for the test report
@@ -141,7 +142,7 @@ class TrainConfig:
         if self.val_frac + self.test_frac >= 1: raise BrainMRIError(f'val_frac + test_frac = {self.val_frac + self.test_frac:g} must be < 1')
         if isinstance(self.amp, bool) or self.amp is None: self.amp = {True: 'auto', False: 'none', None: 'none'}[self.amp]
         check_choice(self.amp, 'amp', AMP_CHOICES); check_choice(self.head, 'head', HEADS); check_choice(self.loss, 'loss', ('ce', 'focal'))
-        check_choice(self.model, 'model', tuple(MODELS))
+        check_choice(self.model, 'model', tuple(MODELS)); check_choice(self.resize, 'resize', RESIZE_MODES)
         if isinstance(self.gpu_data, bool): self.gpu_data = 'on' if self.gpu_data else 'off'
         check_choice(self.gpu_data, 'gpu_data', ('auto', 'on', 'off'))
         for name in ('cache', 'overwrite', 'resume', 'compile', 'scale_milestones', 'allow_block3', 'evaluate', 'tta', 'weighted_sampler', *MECHANISMS):
@@ -285,11 +286,11 @@ def use_gpu_data(cfg: TrainConfig) -> bool:
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
     "The augmentation of `cfg`: the recipe's phases or those of the `augment` file, at the run's phase boundaries (stretched like the other milestones) and input size."
-    run_cfg = AugmentConfig(boundaries=tuple(cfg.milestone(b) for b in cfg.aug_boundaries), img_size=cfg.img_size)
+    run_cfg = AugmentConfig(boundaries=tuple(cfg.milestone(b) for b in cfg.aug_boundaries), img_size=cfg.img_size, resize=cfg.resize)
     if cfg.augment in (None, ''): return run_cfg
     tuned = AugmentConfig.load(project_path(cfg.augment), 'augment')
-    # The file gives the transforms of each phase; when they happen, the input size and the normalisation
-    # (which evaluation repeats) stay the run's.
+    # The file gives the transforms of each phase; when they happen, the input size, the resize and the
+    # normalisation (which evaluation repeats) stay the run's.
     return dataclasses.replace(run_cfg, phases=tuned.phases, disabled=tuned.disabled)
 
 def run_split(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
@@ -318,7 +319,7 @@ def build_data(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLik
         train_ds = CustomTumorDataset(store, splits['train'], PhaseTransform(aug, seed=cfg.seed), cfg.channels, cache=cfg.cache)
         sampler = make_weighted_sampler(train_labels, seed=cfg.seed) if cfg.weighted_sampler else None
         train_dl = make_loader(train_ds, cfg.batch_size, train=True, workers=cfg.workers, sampler=sampler, seed=cfg.seed)
-        valid_ds = CustomTumorDataset(store, splits['val'], eval_transform(cfg.img_size), cfg.channels, cache=cfg.cache)
+        valid_ds = CustomTumorDataset(store, splits['val'], eval_transform(aug.img_size, aug.mean, aug.std, aug.resize), cfg.channels, cache=cfg.cache)
         valid_dl = make_loader(valid_ds, cfg.batch_size * 2, train=False, workers=min(cfg.workers, 2), seed=cfg.seed)
     return SimpleNamespace(store=store, splits=splits, class_counts=counts, class_weights=weights, train_dl=train_dl, valid_dl=valid_dl)
 
@@ -348,9 +349,9 @@ def recipe_callbacks(cfg: TrainConfig) -> list:
         **{**asdict(cfg.mechanisms), 'class_penalty_renorm_every': max(1, m(cfg.mechanisms.class_penalty_renorm_every))})
 
 def data_meta(cfg: TrainConfig, store: PreparedStore) -> dict:
-    "What the model's input is made of, for its checkpoints: input size, channels, normalisation, and the store's size, window and classes."
+    "What the model's input is made of, for its checkpoints: input size, resize, channels, normalisation, and the store's size, window and classes."
     aug = augment_config(cfg)
-    return dict(img_size=cfg.img_size, channels=cfg.channels, mean=aug.mean, std=aug.std, store_size=store.size,
+    return dict(img_size=cfg.img_size, resize=aug.resize, channels=cfg.channels, mean=aug.mean, std=aug.std, store_size=store.size,
                 window=store.meta.get('window'), classes=list(store.classes), model=getattr(cfg, 'model', 'basic'))
 
 def build_learner(cfg: TrainConfig, model, data: SimpleNamespace, run_dir: str | os.PathLike | None) -> Learner:

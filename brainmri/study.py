@@ -17,11 +17,10 @@ import torch
 from .core import BrainMRIError, atomic_write, check_path, load_json, log, save_json
 from .data import CustomTumorDataset, load_store, split_by_group
 from .runfolder import load_split
-from .augment import eval_transform
 from .model import MODELS
 from .run import MECHANISMS, PRESETS, config_with_preset, run_training
 from .evaluate import (calibrated_probs, evaluate_checkpoint, expected_calibration_error,
-                               load_model_from_checkpoint, predict_logits, run_settings)
+                               load_model_from_checkpoint, predict_logits, run_settings, settings_transform)
 
 # %% auto #0
 __all__ = ['recipe_variants', 'plan_runs', 'score_run', 'run_study', 'summarise', 'study_report', 'study_cli']
@@ -66,7 +65,7 @@ def score_run(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | None = N
     rep = evaluate_checkpoint(ckpt, ext, ev_splits, 'test', settings, n_boot=0, seed=params['seed'], device=device,
                               write_temperature=False)   # temperature (fitted on the val groups), report, shortcut audit
     rows = ev_splits['test']
-    tf = eval_transform(settings['img_size'], settings['mean'], settings['std'])
+    tf = settings_transform(settings)
     logits, y = predict_logits(model, CustomTumorDataset(ext, rows, tf, settings['channels']), device)
     probs = calibrated_probs(logits, rep['temperature'])
     preds = pd.DataFrame({'row': rows, 'group': ext.groups[rows], 'label': y, **{f'p{k}': probs[:, k] for k in range(probs.shape[1])}})

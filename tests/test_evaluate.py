@@ -53,7 +53,7 @@ def trained_run(tmp_path_factory, real_store):
     learn = Learner(tiny_model(), train_dl, valid_dl, lr=3e-3, grad_accum=1, device='cpu', run_dir=run, seed=0,
                     cbs=[SWACallback(swa_start=0, anneal_epochs=0)], progress_bar=False)
     learn.fit(2)
-    save_json({'data': {'store': str(real_store), 'img_size': IMG, 'val_frac': VAL_FRAC, 'test_frac': TEST_FRAC},
+    save_json({'data': {'store': str(real_store), 'img_size': IMG, 'resize': 'area', 'val_frac': VAL_FRAC, 'test_frac': TEST_FRAC},
                'seed': SEED}, run / 'params.json')
     assert (run / 'best.pt').exists() and (run / 'swa.pt').exists()
     return run
