@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_augment.ipynb #c004
 from __future__ import annotations
-import dataclasses, html, io, math, multiprocessing as mp, os, random
+import dataclasses, functools, html, io, math, multiprocessing as mp, os, random
 from dataclasses import dataclass, field
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
@@ -348,6 +348,7 @@ def eval_transform(img_size: int = 224, mean: float = 0.5, std: float = 0.5, res
     return PhaseTransform(AugmentConfig(img_size=img_size, mean=mean, std=std, resize=resize, disabled=TRANSFORMS))
 
 # %% ../nbs/02_augment.ipynb #c044
+@functools.lru_cache(maxsize=16)   # built once per (size, device, dtype): no host-to-device copy in every batch
 def _area_weights(n_in: int, n_out: int, device, dtype=torch.float32) -> torch.Tensor:
     "n_out×n_in: the share of input pixel j in output pixel i when n_in pixels shrink to n_out (cv2 INTER_AREA's weights)."
     s = n_in / n_out
@@ -357,6 +358,7 @@ def _area_weights(n_in: int, n_out: int, device, dtype=torch.float32) -> torch.T
 
 def resize_tensor(x: torch.Tensor, size: int, resize: str = 'area') -> torch.Tensor:
     "A float batch B×C×S×S resized to B×C×size×size as the fixed tail resizes (`resize` as in `AugmentConfig`): area or bilinear."
+    if resize not in RESIZE_MODES: raise BrainMRIError(f"resize={resize!r} must be one of {', '.join(map(repr, RESIZE_MODES))}")
     n = x.shape[-1]
     if n == size: return x
     if resize == 'area' and n > size:
