@@ -3,6 +3,7 @@ import json, os, subprocess, sys
 import numpy as np
 import pytest
 from conftest import ROOT, bin_path
+from brainmri.evaluate import read_checkpoint
 from brainmri.metrics import best_epoch_flags
 
 @pytest.mark.slow
@@ -11,7 +12,7 @@ def test_sample_run_beats_chance(tmp_path):
     env = {**os.environ, 'MPLBACKEND': 'Agg'}
     r = subprocess.run([bin_path('brainmri_train'), '--preset', 'sample', '--data-dir', str(ROOT / 'data' / 'sample'),
                         '--store-dir', str(tmp_path / 'store'), '--run-dir', str(run)],
-                       capture_output=True, text=True, env=env, timeout=1800, cwd=tmp_path)   # ~3.5 min on an idle 2-core machine
+                       capture_output=True, text=True, env=env, timeout=1800, cwd=tmp_path)   # ~4 min on an idle 2-core machine
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     params = json.loads((run / 'params.json').read_text())
     assert params['model'] == 'basic'                # the quick start trains the original's model
@@ -28,3 +29,7 @@ def test_sample_run_beats_chance(tmp_path):
     majority = cm.sum(1).max() / cm.sum()            # the majority-class rate of the held-out split
     assert test["accuracy"] >= majority + 0.12, (test["accuracy"], majority)
     assert test["macro_f1"] > 0.45 and test["roc_auc"]["macro"] > 0.6
+    # swa.pt averages every epoch from swa_start on and is evaluated beside best.pt, as well above chance
+    swa = read_checkpoint(run / 'swa.pt')['swa']
+    assert params['swa'] and (swa['first_epoch'], swa['n_averaged']) == (params['swa_start'], params['epochs'] - params['swa_start'])
+    assert m['swa']['test']['accuracy'] >= majority + 0.12, (m['swa']['test']['accuracy'], majority)
