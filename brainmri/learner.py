@@ -24,8 +24,8 @@ from .schedule import extend_schedulers
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelBatchException', 'CancelFitException', 'RunFinished', 'Callback', 'resolve_amp', 'Learner',
-           'Recorder', 'ProgressCallback', 'LRScheduleCallback', 'CheckpointCallback', 'GPUMemoryCallback',
-           'BatchNormRecalibration', 'NaNGuard']
+           'Recorder', 'rough_duration', 'ProgressCallback', 'LRScheduleCallback', 'CheckpointCallback',
+           'GPUMemoryCallback', 'BatchNormRecalibration', 'NaNGuard']
 
 # %% ../nbs/05_learner.ipynb #c006
 class CancelBatchException(Exception):
@@ -516,13 +516,21 @@ class Recorder(Callback):
             w = csv.DictWriter(fh, fieldnames=cols); w.writeheader(); w.writerows(flat)
 
 # %% ../nbs/05_learner.ipynb #c027
+def rough_duration(seconds: float) -> str:
+    "A duration as a person reads it off a progress line: '40 s', '9 min', '1 h 05 min'."
+    s = max(0, round(seconds))
+    if s < 120: return f'{s} s'
+    h, m = divmod(round(s / 60), 60)
+    return f'{h} h {m:02d} min' if h else f'{m} min'
+
 class ProgressCallback(Callback):
-    "Live progress bar over the training batches and a coloured line per epoch (rank 0 only)."
+    "Live progress bar over the training batches and a coloured line per epoch with the time left (rank 0 only)."
     order = 80
     def __init__(self, bar: bool = True): self.bar, self._prog = bar, None
 
     def before_fit(self):
         l = self.learn
+        self._epoch_secs = []   # this fit's epochs only: a resumed run's time left comes from its own pace
         log(f'fit: {l.n_epochs} epochs on {l.device}, amp {l.amp or "off"}, '
             f'grad_accum {l.grad_accum}, {sum(p.numel() for p in l.model.parameters() if p.requires_grad):,} trainable params'
             + (f', DDP×{dist.get_world_size()}' if l.distributed else ''))
@@ -552,9 +560,13 @@ class ProgressCallback(Callback):
         m, l = self.learn.metrics, self.learn
         f = lambda k: f'{m[k]:.3f}' if isinstance(m.get(k), float) else '—'
         best = l.is_new_best(m.get('val_acc'), m.get('val_n'))
+        # the same run takes 2-3x longer on one 2-core machine than on another: say early how long it will take
+        self._epoch_secs.append(m.get('time', 0))
+        left = (l.n_epochs - l.epoch - 1) * sum(self._epoch_secs) / len(self._epoch_secs)
         log(f"epoch {l.epoch + 1:>3}/{l.n_epochs} │ train loss {f('train_loss')} acc {f('train_acc')} │ "
             f"val loss {f('val_loss')} acc {f('val_acc')} f1 {f('val_f1')} │ lr {m.get('lr', float('nan')):.1e} │ "
-            f"{m.get('time', 0):.0f}s" + (' ★' if best else ''), 'good' if best else 'info')
+            f"{m.get('time', 0):.0f}s" + (f', ~{rough_duration(left)} left' if l.epoch + 1 < l.n_epochs else '')
+            + (' ★' if best else ''), 'good' if best else 'info')
 
     def cleanup_fit(self): self._stop()
 
