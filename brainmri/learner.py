@@ -526,7 +526,7 @@ def rough_duration(seconds: float) -> str:
 class ProgressCallback(Callback):
     "Live progress bar over the training batches and a coloured line per epoch with the time left (rank 0 only)."
     order = 80
-    def __init__(self, bar: bool = True): self.bar, self._prog = bar, None
+    def __init__(self, bar: bool = True): self.bar, self._prog, self._epoch_secs = bar, None, []
 
     def before_fit(self):
         l = self.learn
