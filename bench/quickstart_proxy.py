@@ -13,11 +13,14 @@ fold's run is the fold number unless `--seeds` are given. Two runs at once with 
 
 A grid: `--set` once per setting, `--seeds`, and `--jobs N` runs N at once (each in its own process, one thread;
 the grid is ordered seed, then fold, then setting, so a grid cut short by `--deadline` compares its settings on the
-same folds). `--device cuda` trains the same recipe on a GPU (augmentation on the CPU as in the quick start, fp32):
+same folds). `--device cuda` trains the same recipe on a GPU (augmentation on the CPU as in the quick start, fp32
+unless a setting gives `amp`):
 
     python bench/quickstart_proxy.py --device cuda --jobs 14 --seeds 11 12 --folds 0 1 2 3 4 --deadline 400 \
         --set '{}' --set '{"epochs": 60, "aug_boundaries": [40, 53]}' --results /tmp/out/sweep.jsonl
     python bench/quickstart_proxy.py --summary --results /tmp/out/sweep.jsonl   # each setting against the preset ('{}')
+    python bench/quickstart_proxy.py --summary --at plateau --results bench/results/quickstart_bf16.jsonl \
+        --ref bench/results/quickstart_e90.jsonl       # paired with another file's runs of the same (seed, fold)
 """
 import argparse, json, math, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -64,7 +67,8 @@ def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, r
     cfg = run.config_with_preset('sample', **{**overrides, 'data_dir': str(sample.path), 'run_dir': str(out), 'overwrite': True,
                                               'seed': seed, 'evaluate': False, 'workers': 0,
                                               # the quick start's pipeline on any device: CPU augmentation, fp32
-                                              'device': device, 'gpu_data': 'off', 'amp': 'none'})
+                                              # unless the setting names its autocast (e.g. {"amp": "bf16"})
+                                              'device': device, 'gpu_data': 'off', 'amp': overrides.get('amp', 'none')})
     unseen_ds = CustomTumorDataset(full, unseen, eval_transform(cfg.img_size, resize=cfg.resize), cfg.channels)
     probe = UnseenAccuracy(make_loader(unseen_ds, 128, train=False, workers=0))
     recipe, split = run.recipe_callbacks, run.split_by_group
@@ -146,21 +150,34 @@ def run_grid(settings: list[dict], seeds: list[int | None], folds: list[int], jo
     shutil.rmtree(tmp, ignore_errors=True)
     print(f'grid done in {time.time() - t0:.0f}s', flush=True)
 
-def print_summary(results: Path, at: str = 'best') -> None:
-    "Per setting: mean unseen accuracy of best.pt (and last, swa, best with TTA), and its paired difference to the preset itself ('{}') or else the first setting."
-    rows = [json.loads(l) for l in open(results)]
-    by = {}
-    for r in rows: by.setdefault(json.dumps(r['overrides'], sort_keys=True), {})[(r['seed'], r['fold'])] = r
-    ref_name = '{}' if '{}' in by else next(iter(by))   # the preset unchanged, where the grid has it
-    ref = by[ref_name]
-    print(f'{len(rows)} runs; differences are paired on (seed, fold) with {ref_name}')
-    for name, runs in by.items():
+def plateau(r: dict, last: int = 20) -> float:
+    "Mean unseen accuracy over a run's last `last` epochs: the plateau its swa.pt averages."
+    return float(np.mean([c['u_acc'] for c in r['curve'][-last:]]))
+
+def print_summary(results: Path, at: str = 'best', ref_results: Path | None = None) -> None:
+    """Per setting: mean unseen accuracy of best.pt (and last, swa, best with TTA, the plateau), and its paired
+    difference to the preset itself ('{}') or else the first setting; of `ref_results` instead where it is given."""
+    def load(path):
+        by = {}
+        for l in open(path):
+            r = json.loads(l); by.setdefault(json.dumps(r['overrides'], sort_keys=True), {})[(r['seed'], r['fold'])] = r
+        return by
+    by = load(results); ref_by = load(ref_results) if ref_results else by
+    ref_name = '{}' if '{}' in ref_by else next(iter(ref_by))   # the preset unchanged, where the grid has it
+    ref = ref_by[ref_name]
+    score = lambda r, k: plateau(r) if k == 'plateau' else r['scores'].get(k)
+    print(f"{sum(map(len, by.values()))} runs; differences in {at} are paired on (seed, fold) with {ref_name}"
+          + (f' of {ref_results}' if ref_results else ''))
+    for name, runs in ([('reference: ' + ref_name, ref)] if ref_results else []) + list(by.items()):
         cells = []
-        for k in ('best', 'last', 'swa', 'best_tta'):
-            v = [r['scores'][k] for r in runs.values() if k in r['scores']]
+        for k in ('best', 'last', 'swa', 'best_tta', 'plateau'):
+            v = [score(r, k) for r in runs.values() if score(r, k) is not None]
             if v: cells.append(f'{k} {np.mean(v):.3f}')
-        d = [runs[k]['scores'][at] - ref[k]['scores'][at] for k in runs if k in ref]
-        diff = f'  d({at}) {np.mean(d):+.3f} (SE {np.std(d, ddof=1) / math.sqrt(len(d)):.3f}, n {len(d)})' if len(d) > 1 and runs is not ref else ''
+        pairs = [(score(runs[k], at), score(ref[k], at)) for k in runs if k in ref]
+        d = [a - b for a, b in pairs if a is not None and b is not None]   # e.g. no swa where SWA did not run
+        better = sum(x > 0 for x in d)
+        diff = (f'  d({at}) {np.mean(d):+.3f} (SE {np.std(d, ddof=1) / math.sqrt(len(d)):.3f}, n {len(d)}, better in {better})'
+                if len(d) > 1 and runs is not ref else '')
         print(f'{name:60s} n {len(runs):2d}  ' + '  '.join(cells) + diff)
 
 if __name__ == '__main__':
@@ -177,11 +194,13 @@ if __name__ == '__main__':
     p.add_argument('--deadline', type=float, default=None, help='seconds after which no run of the grid (--jobs > 1) starts')
     p.add_argument('--rules', action='store_true', help='only print the checkpoint rules over the results so far')
     p.add_argument('--summary', action='store_true', help="only print each setting against the preset ('{}') over the results so far")
+    p.add_argument('--at', default='best', help='--summary: the paired difference in best, last, swa, best_tta or plateau')
+    p.add_argument('--ref', default=None, help='--summary: pair with the runs of this results file (e.g. from another session)')
     a = p.parse_args()
     a.work = str(Path(a.work).resolve())   # run_training resolves a relative run_dir against the project, not the cwd
     if a.rules or a.summary:
         if not Path(a.results).is_file(): p.error(f'--results {a.results}: no such file (run some folds first)')
-        print_rules(Path(a.results)) if a.rules else print_summary(Path(a.results)); sys.exit()
+        print_rules(Path(a.results)) if a.rules else print_summary(Path(a.results), a.at, a.ref and Path(a.ref)); sys.exit()
     if not (Path(a.shared) / 'manifest.csv').is_file(): p.error(f'--shared {a.shared}: not the figshare-jpg release (no manifest.csv)')
     settings = []
     for text in a.set or ['{}']:

@@ -3,7 +3,8 @@
 The quick start's wall time differs about 3x between two 2-core machines of this workplace. This measures why on
 the machine it runs on: one training step of the `sample` preset's model as it trains (blocks 1-2 open, 32 px,
 batch 16, fp32, AdamW), its FLOPs (`brainmri.model.count_flops`, torch's flop_counter), and the same cores on a
-1024x1024 fp32 matmul, with the CPU's family, model and vector extensions. The result goes to a JSON file.
+1024x1024 fp32 matmul, with the CPU's family, model and vector extensions; where the CPU does bf16 natively, the
+step under bf16 autocast too (`--amp bf16`). The result goes to a JSON file.
 
     python bench/quickstart_step.py --json bench/results/quickstart_step_zen3.json
 """
@@ -49,13 +50,16 @@ def main(argv=None) -> dict:
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr)
     x = torch.randn(cfg.batch_size, cfg.channels, cfg.img_size, cfg.img_size)
     y = torch.randint(0, 3, (cfg.batch_size,))
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+    def step(bf16: bool = False):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):   # the learner's amp='bf16' does the same
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    # bf16 autocast pays only where the CPU does bf16 natively (AVX512-BF16 or AMX); elsewhere it is emulated
+    native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     step_flop = count_flops(model, cfg.img_size, train_step=True) * cfg.batch_size   # count_flops: FLOPs per image
     a_ = torch.randn(1024, 1024); b_ = torch.randn(1024, 1024)
 
-    out = dict(cpu=cpu_info(), torch=torch.__version__, python=platform.python_version(), cpus=os.cpu_count(),
+    out = dict(cpu=cpu_info(), native_bf16=native_bf16, torch=torch.__version__, python=platform.python_version(), cpus=os.cpu_count(),
                load_average=[round(v, 2) for v in os.getloadavg()], date=time.strftime('%Y-%m-%dT%H:%M:%S'),
                img_size=cfg.img_size, batch_size=cfg.batch_size, train_step_gflop=round(step_flop / 1e9, 2), threads={})
     for n in a.threads:
@@ -66,6 +70,10 @@ def main(argv=None) -> dict:
                                  matmul_gflops=round(2 * 1024**3 / mm / 1e9, 1))
         print(f"{n} thread(s): training step {s * 1e3:.0f} ms = {step_flop / s / 1e9:.0f} GFLOP/s "
               f"(matmul {2 * 1024**3 / mm / 1e9:.0f} GFLOP/s); step {step_flop / 1e9:.1f} GFLOP")
+        if native_bf16:
+            sb = seconds_per_call(lambda: step(bf16=True), 3, a.steps)
+            out['threads'][n]['train_step_bf16_ms'] = round(sb * 1e3, 1)
+            print(f"{n} thread(s): the same step under bf16 autocast {sb * 1e3:.0f} ms ({s / sb:.2f}x)")
     print(json.dumps(out['cpu']))
     if a.json:
         with atomic_write(Path(a.json), 'w') as fh: json.dump(out, fh, indent=1)
