@@ -171,12 +171,11 @@ def print_summary(results: Path, at: str = 'best', ref_results: Path | None = No
     for name, runs in ([('reference: ' + ref_name, ref)] if ref_results else []) + list(by.items()):
         cells = []
         for k in ('best', 'last', 'swa', 'best_tta', 'plateau'):
-            v = [score(r, k) for r in runs.values() if score(r, k) is not None]
+            v = [x for x in (score(r, k) for r in runs.values()) if x is not None]
             if v: cells.append(f'{k} {np.mean(v):.3f}')
         pairs = [(score(runs[k], at), score(ref[k], at)) for k in runs if k in ref]
         d = [a - b for a, b in pairs if a is not None and b is not None]   # e.g. no swa where SWA did not run
-        better = sum(x > 0 for x in d)
-        diff = (f'  d({at}) {np.mean(d):+.3f} (SE {np.std(d, ddof=1) / math.sqrt(len(d)):.3f}, n {len(d)}, better in {better})'
+        diff = (f'  d({at}) {np.mean(d):+.3f} (SE {np.std(d, ddof=1) / math.sqrt(len(d)):.3f}, n {len(d)}, better in {sum(x > 0 for x in d)})'
                 if len(d) > 1 and runs is not ref else '')
         print(f'{name:60s} n {len(runs):2d}  ' + '  '.join(cells) + diff)
 
