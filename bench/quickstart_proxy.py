@@ -21,6 +21,9 @@ unless a setting gives `amp`):
     python bench/quickstart_proxy.py --summary --results /tmp/out/sweep.jsonl   # each setting against the preset ('{}')
     python bench/quickstart_proxy.py --summary --at plateau --results bench/results/quickstart_bf16.jsonl \
         --ref bench/results/quickstart_e90.jsonl       # paired with another file's runs of the same (seed, fold)
+    python bench/quickstart_proxy.py --summary --results bench/results/quickstart_size.jsonl \
+        --ref bench/results/quickstart_confirm.jsonl bench/results/quickstart_e90.jsonl \
+        --ref-set '{}' --ref-set '{"epochs": 90, "aug_boundaries": [65, 81], "schedule": {"floors": [[40, 0.001], [65, 0.0001]]}}'
 """
 import argparse, json, math, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -154,21 +157,30 @@ def plateau(r: dict, last: int = 20) -> float:
     "Mean unseen accuracy over a run's last `last` epochs: the plateau its swa.pt averages."
     return float(np.mean([c['u_acc'] for c in r['curve'][-last:]]))
 
-def print_summary(results: Path, at: str = 'best', ref_results: Path | None = None) -> None:
+def print_summary(results: Path, at: str = 'best', ref_results: list[Path] = (), ref_sets: list[str] = ()) -> None:
     """Per setting: mean unseen accuracy of best.pt (and last, swa, best with TTA, the plateau), and its paired
-    difference to the preset itself ('{}') or else the first setting; of `ref_results` instead where it is given."""
+    difference to the preset itself ('{}') or else the first setting; of `ref_results` instead where given: in each
+    file the runs of `ref_sets` (JSON overrides), or else of '{}', or else of its first setting."""
     def load(path):
         by = {}
         for l in open(path):
             r = json.loads(l); by.setdefault(json.dumps(r['overrides'], sort_keys=True), {})[(r['seed'], r['fold'])] = r
         return by
-    by = load(results); ref_by = load(ref_results) if ref_results else by
-    ref_name = '{}' if '{}' in ref_by else next(iter(ref_by))   # the preset unchanged, where the grid has it
-    ref = ref_by[ref_name]
+    def reference(by, wanted):
+        names = [n for n in wanted if n in by] if wanted else ['{}' if '{}' in by else next(iter(by))]
+        return names, {k: r for n in names for k, r in by[n].items()}
+    by = load(results)
+    wanted = [json.dumps(json.loads(t), sort_keys=True) for t in ref_sets]
+    ref, ref_names = {}, []
+    for path in ref_results or [results]:
+        names, runs = reference(load(path), wanted)
+        ref_names += [f'{n} of {path}' if ref_results else n for n in names]
+        for k, r in runs.items(): ref.setdefault(k, r)   # a (seed, fold) in two files: the first file's run
+    if not ref: raise SystemExit(f'--ref-set {ref_sets}: no such setting in {", ".join(map(str, ref_results))}')
+    ref_name = '; '.join(ref_names)
     score = lambda r, k: plateau(r) if k == 'plateau' else r['scores'].get(k)
-    print(f"{sum(map(len, by.values()))} runs; differences in {at} are paired on (seed, fold) with {ref_name}"
-          + (f' of {ref_results}' if ref_results else ''))
-    for name, runs in ([('reference: ' + ref_name, ref)] if ref_results else []) + list(by.items()):
+    print(f"{sum(map(len, by.values()))} runs; differences in {at} are paired on (seed, fold) with {ref_name}")
+    for name, runs in ([('reference', ref)] if ref_results else []) + list(by.items()):
         cells = []
         for k in ('best', 'last', 'swa', 'best_tta', 'plateau'):
             v = [x for x in (score(r, k) for r in runs.values()) if x is not None]
@@ -194,12 +206,13 @@ if __name__ == '__main__':
     p.add_argument('--rules', action='store_true', help='only print the checkpoint rules over the results so far')
     p.add_argument('--summary', action='store_true', help="only print each setting against the preset ('{}') over the results so far")
     p.add_argument('--at', default='best', help='--summary: the paired difference in best, last, swa, best_tta or plateau')
-    p.add_argument('--ref', default=None, help='--summary: pair with the runs of this results file (e.g. from another session)')
+    p.add_argument('--ref', nargs='+', default=[], help='--summary: pair with the runs of these results files (e.g. from other sessions)')
+    p.add_argument('--ref-set', action='append', default=[], help="--ref: the setting (JSON overrides) of the reference runs; once per setting (default: '{}', else each file's first)")
     a = p.parse_args()
     a.work = str(Path(a.work).resolve())   # run_training resolves a relative run_dir against the project, not the cwd
     if a.rules or a.summary:
         if not Path(a.results).is_file(): p.error(f'--results {a.results}: no such file (run some folds first)')
-        print_rules(Path(a.results)) if a.rules else print_summary(Path(a.results), a.at, a.ref and Path(a.ref)); sys.exit()
+        print_rules(Path(a.results)) if a.rules else print_summary(Path(a.results), a.at, [Path(f) for f in a.ref], a.ref_set); sys.exit()
     if not (Path(a.shared) / 'manifest.csv').is_file(): p.error(f'--shared {a.shared}: not the figshare-jpg release (no manifest.csv)')
     settings = []
     for text in a.set or ['{}']:

@@ -1,12 +1,13 @@
 """How fast this machine does the quick start's arithmetic (docs/benchmarks.md, "The quick start's time").
 
 The quick start's wall time differs about 3x between two 2-core machines of this workplace. This measures why on
-the machine it runs on: one training step of the `sample` preset's model as it trains (blocks 1-2 open, 32 px,
-batch 16, fp32, AdamW), its FLOPs (`brainmri.model.count_flops`, torch's flop_counter), and the same cores on a
+the machine it runs on: one training step of the `sample` preset's model as it trains (blocks 1-2 open, at the
+preset's size or `--img-size`, batch 16, fp32, AdamW), its FLOPs (`brainmri.model.count_flops`, torch's flop_counter), and the same cores on a
 1024x1024 fp32 matmul, with the CPU's family, model and vector extensions; where the CPU does bf16 natively, the
 step under bf16 autocast too (`--amp bf16`). The result goes to a JSON file.
 
     python bench/quickstart_step.py --json bench/results/quickstart_step_zen3.json
+    python bench/quickstart_step.py --img-size 32      # the preset's size until the tenth session
 """
 import argparse, json, os, platform, re, sys, time
 from pathlib import Path
@@ -41,10 +42,11 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--threads', type=int, nargs='+', default=[2, 1])
     p.add_argument('--steps', type=int, default=20, help='timed training steps per thread count')
+    p.add_argument('--img-size', type=int, default=None, help="side of the input (default: the preset's)")
     p.add_argument('--json', default=None)
     a = p.parse_args(argv)
 
-    cfg = run.config_with_preset('sample', data_dir='unused', run_dir='unused')
+    cfg = run.config_with_preset('sample', data_dir='unused', run_dir='unused', **({'img_size': a.img_size} if a.img_size else {}))
     model = run.build_model(cfg)
     model.freeze_blocks_until(2)          # the preset opens block 2 at epoch 0 (open_block2_at=0)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr)
