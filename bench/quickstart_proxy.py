@@ -188,7 +188,7 @@ def print_summary(results: Path, at: str = 'best', ref_results: list[Path] = (),
         pairs = [(score(runs[k], at), score(ref[k], at)) for k in runs if k in ref]
         d = [a - b for a, b in pairs if a is not None and b is not None]   # e.g. no swa where SWA did not run
         diff = (f'  d({at}) {np.mean(d):+.3f} (SE {np.std(d, ddof=1) / math.sqrt(len(d)):.3f}, n {len(d)}, better in {sum(x > 0 for x in d)})'
-                if len(d) > 1 and runs is not ref else '')
+                if len(d) > 1 and runs is not ref and not (name in ref_names and not ref_results) else '')   # not the reference against itself
         print(f'{name:60s} n {len(runs):2d}  ' + '  '.join(cells) + diff)
 
 if __name__ == '__main__':
