@@ -166,18 +166,17 @@ def print_summary(results: Path, at: str = 'best', ref_results: list[Path] = (),
         for l in open(path):
             r = json.loads(l); by.setdefault(json.dumps(r['overrides'], sort_keys=True), {})[(r['seed'], r['fold'])] = r
         return by
-    def reference(by, wanted):
-        names = [n for n in wanted if n in by] if wanted else ['{}' if '{}' in by else next(iter(by))]
-        return names, {k: r for n in names for k, r in by[n].items()}
     by = load(results)
     wanted = [json.dumps(json.loads(t), sort_keys=True) for t in ref_sets]
     ref, ref_names = {}, []
-    for path in ref_results or [results]:
-        names, runs = reference(load(path), wanted)
+    for path, ref_by in [(f, load(f)) for f in ref_results] or [(results, by)]:
+        names = [n for n in wanted if n in ref_by] if wanted else ['{}' if '{}' in ref_by else next(iter(ref_by))]
         ref_names += [f'{n} of {path}' if ref_results else n for n in names]
-        for k, r in runs.items(): ref.setdefault(k, r)   # a (seed, fold) in two files: the first file's run
+        for n in names:
+            for k, r in ref_by[n].items(): ref.setdefault(k, r)   # a (seed, fold) twice: the first run found
     if not ref: raise SystemExit(f'--ref-set {ref_sets}: no such setting in {", ".join(map(str, ref_results))}')
     ref_name = '; '.join(ref_names)
+    own = {'reference'} if ref_results else set(ref_names)   # rows not paired with themselves
     score = lambda r, k: plateau(r) if k == 'plateau' else r['scores'].get(k)
     print(f"{sum(map(len, by.values()))} runs; differences in {at} are paired on (seed, fold) with {ref_name}")
     for name, runs in ([('reference', ref)] if ref_results else []) + list(by.items()):
@@ -188,7 +187,7 @@ def print_summary(results: Path, at: str = 'best', ref_results: list[Path] = (),
         pairs = [(score(runs[k], at), score(ref[k], at)) for k in runs if k in ref]
         d = [a - b for a, b in pairs if a is not None and b is not None]   # e.g. no swa where SWA did not run
         diff = (f'  d({at}) {np.mean(d):+.3f} (SE {np.std(d, ddof=1) / math.sqrt(len(d)):.3f}, n {len(d)}, better in {sum(x > 0 for x in d)})'
-                if len(d) > 1 and runs is not ref and not (name in ref_names and not ref_results) else '')   # not the reference against itself
+                if len(d) > 1 and name not in own else '')
         print(f'{name:60s} n {len(runs):2d}  ' + '  '.join(cells) + diff)
 
 if __name__ == '__main__':
@@ -212,6 +211,9 @@ if __name__ == '__main__':
     a.work = str(Path(a.work).resolve())   # run_training resolves a relative run_dir against the project, not the cwd
     if a.rules or a.summary:
         if not Path(a.results).is_file(): p.error(f'--results {a.results}: no such file (run some folds first)')
+        for text in a.ref_set:
+            try: json.loads(text)
+            except json.JSONDecodeError as e: p.error(f'--ref-set {text!r} is not JSON: {e}')
         print_rules(Path(a.results)) if a.rules else print_summary(Path(a.results), a.at, [Path(f) for f in a.ref], a.ref_set); sys.exit()
     if not (Path(a.shared) / 'manifest.csv').is_file(): p.error(f'--shared {a.shared}: not the figshare-jpg release (no manifest.csv)')
     settings = []
