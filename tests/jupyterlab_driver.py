@@ -133,6 +133,26 @@ def menu(page, top: str, item: str) -> None:
     page.locator('.lm-Menu-itemLabel').get_by_text(item, exact=True).first.click()
 
 
+_PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')].map(e => e.textContent).join('|')"
+
+
+def run_cells(page, item: str, tries: int = 3, started_within: float = 60_000) -> None:
+    """Run menu ▸ `item` (e.g. 'Run All Cells') and check that the kernel took it: a prompt turns to [*] or a new number.
+
+    A run given while a new kernel is still connecting can be dropped without a word (seen once, on the first
+    kernel of a fresh venv: every cell stayed [ ] and the kernel idle), so the item is clicked again, up to `tries` times."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    for _ in range(tries):
+        before = page.evaluate(_PROMPTS)
+        menu(page, 'Run', item)
+        try:
+            page.wait_for_function(f"(before) => ({_PROMPTS})() !== before", arg=before, timeout=started_within)
+            return
+        except PlaywrightTimeout:
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
+    raise AssertionError(f"Run ▸ {item}: no cell started after {tries} tries")
+
+
 def wait_idle(page, timeout: float = SLOW) -> None:
     "Wait until the kernel has started executing and is idle again, and no cell is queued."
     page.wait_for_timeout(1500)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import bin_path
-from jupyterlab_driver import ARTIFACTS, SLOW, browser_page, lab_project, menu, open_notebook
+from jupyterlab_driver import ARTIFACTS, SLOW, browser_page, lab_project, open_notebook, run_cells
 
 pytestmark = pytest.mark.browser
 
@@ -48,7 +48,7 @@ def test_explorer_in_jupyterlab(tmp_path):
     from playwright.sync_api import expect
     with lab_project(tmp_path, 'explorer') as (base, project), browser_page(tmp_path, 'explorer', 1700, 1300) as page:
         open_notebook(page, base, 'nbs/explore_augmentations.ipynb')
-        menu(page, 'Run', 'Run All Cells')
+        run_cells(page, 'Run All Cells')
 
         readout = page.locator('.bmri-readout')
         image = page.locator('img.bmri-image')

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from jupyterlab_driver import (ARTIFACTS, SLOW, browser_page, cell, lab_project, menu, no_kernel_errors, open_notebook,
+from jupyterlab_driver import (ARTIFACTS, SLOW, browser_page, cell, lab_project, no_kernel_errors, open_notebook, run_cells,
                                outputs_text, wait_idle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -40,7 +40,7 @@ def test_train_notebook_in_jupyterlab(tmp_path):
         # Run everything above "Go on".
         go_on = _cell_index(page, 'if len(learn.history) < cfg.epochs')
         cell(page, go_on).locator('.jp-InputArea-editor').click(); page.keyboard.press('Escape')
-        menu(page, 'Run', 'Run All Above Selected Cell')
+        run_cells(page, 'Run All Above Selected Cell')
         wait_idle(page)
         no_kernel_errors(page)
         setup, data, model = params + 2, params + 4, params + 6
@@ -62,7 +62,7 @@ def test_train_notebook_in_jupyterlab(tmp_path):
         assert not (project / 'nbs' / 'runs').exists() and not (project / 'nbs' / 'prepared').exists()
         # Go on, then the evaluation.
         cell(page, go_on).locator('.jp-InputArea-editor').click(); page.keyboard.press('Escape')
-        menu(page, 'Run', 'Run Selected Cell and All Below')
+        run_cells(page, 'Run Selected Cell and All Below')
         wait_idle(page)
         no_kernel_errors(page)
         expect(cell(page, go_on).locator('.jp-OutputArea')).to_contain_text('resumed from')
