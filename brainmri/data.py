@@ -393,14 +393,14 @@ def _check_dest(src: Path, dest: Path, fingerprint: str, args: dict, overwrite: 
         try: meta = load_json(meta_path)
         except BrainMRIError: meta = {}
         if (meta.get('fingerprint'), meta.get('args'), meta.get('format_version')) == (fingerprint, args, FORMAT_VERSION): return True
-        if not overwrite:
-            # say which of the three differs: a re-run after the source moved on must not look like a typo in the args
-            why = ("its meta.json can't be read" if not meta else
-                   f"this call asks for {args}" if meta.get('args') != args else
-                   f"it is format {meta.get('format_version')} and this kit writes {FORMAT_VERSION}" if meta.get('format_version') != FORMAT_VERSION else
-                   "the source's files have changed since (names, sizes or modification times)")
-            raise BrainMRIError(f"dest={str(dest)!r} holds a store prepared from {meta.get('src')!r} with {meta.get('args')}, "
-                                f"but {why}; pass overwrite=True (--overwrite) to replace it")
+        # say which of the three differs: a re-run after the source moved on must not look like a typo in the args
+        why = ("its meta.json can't be read" if not meta else
+               f"this call asks for {args}" if meta.get('args') != args else
+               f"it is format {meta.get('format_version')} and this kit writes {FORMAT_VERSION}" if meta.get('format_version') != FORMAT_VERSION else
+               "the source's files have changed since (names, sizes or modification times)")
+        held = f"dest={str(dest)!r} holds a store prepared from {meta.get('src')!r} with {meta.get('args')}, but {why}"
+        if not overwrite: raise BrainMRIError(f"{held}; pass overwrite=True (--overwrite) to replace it")
+        log(f"{held}: preparing it again", 'warn')
     elif any(dest.iterdir()) and not overwrite:
         raise BrainMRIError(f"dest={str(dest)!r} holds other files and is not a prepared store; "
                             "choose an empty or new folder, or pass overwrite=True (--overwrite) to replace it")

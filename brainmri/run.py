@@ -279,7 +279,10 @@ def get_store(cfg: TrainConfig) -> PreparedStore:
     src = check_path(project_path(cfg.data_dir), 'data_dir', 'dir')
     if is_store(src): return load_store(src, cfg.classes)
     dest = project_path(cfg.store_dir) if cfg.store_dir else project_root() / 'prepared' / f'{src.resolve().name}-{cfg.prep_size}'
-    return load_store(prepare(src, dest, size=cfg.prep_size, classes=cfg.classes), cfg.classes)
+    # the default dest is the kit's own cache of data_dir: a stale store there (the source's files or the
+    # arguments changed since) is prepared again, as make would; a store_dir you name is never replaced unasked
+    kit_cache = not cfg.store_dir and is_store(dest)
+    return load_store(prepare(src, dest, size=cfg.prep_size, classes=cfg.classes, overwrite=kit_cache), cfg.classes)
 
 def use_gpu_data(cfg: TrainConfig) -> bool:
     "Whether the images live on the device and are augmented there."
