@@ -273,6 +273,11 @@ def is_store(path: str | os.PathLike) -> bool:
     "True when `path` is a finished prepared store (meta.json is written last)."
     return (Path(path) / 'meta.json').exists()
 
+def _store_src(store: Path) -> str | None:
+    "The source folder a prepared store records, or None (no store, or an unreadable meta.json)."
+    try: return load_json(store / 'meta.json').get('src') if is_store(store) else None
+    except BrainMRIError: return None
+
 def get_store(cfg: TrainConfig) -> PreparedStore:
     "The prepared store for `cfg.data_dir` (of `cfg.classes` when set), preparing a raw source into `cfg.store_dir` (default: the project's prepared/) first."
     augment_config(cfg)   # a bad augment file stops the run here, before anything is written
@@ -280,8 +285,9 @@ def get_store(cfg: TrainConfig) -> PreparedStore:
     if is_store(src): return load_store(src, cfg.classes)
     dest = project_path(cfg.store_dir) if cfg.store_dir else project_root() / 'prepared' / f'{src.resolve().name}-{cfg.prep_size}'
     # the default dest is the kit's own cache of data_dir: a stale store there (the source's files or the
-    # arguments changed since) is prepared again, as make would; a store_dir you name is never replaced unasked
-    kit_cache = not cfg.store_dir and is_store(dest)
+    # arguments changed since) is prepared again, as make would; one of another source that shares the folder's
+    # name, or a store_dir you name, is never replaced unasked
+    kit_cache = not cfg.store_dir and _store_src(dest) == str(src.resolve())
     return load_store(prepare(src, dest, size=cfg.prep_size, classes=cfg.classes, overwrite=kit_cache), cfg.classes)
 
 def use_gpu_data(cfg: TrainConfig) -> bool:
