@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_model.ipynb #19862db8
 from __future__ import annotations
+import inspect
 import math
 from typing import Callable, Sequence
 
@@ -16,7 +17,7 @@ from .core import BrainMRIError
 
 # %% auto #0
 __all__ = ['MODELS', 'TrainOnlyNoise', 'ConvBlock', 'AdapterHead', 'ConcatHead', 'BasicCNNModel', 'ResNet18', 'SmallCNN',
-           'create_model', 'count_flops']
+           'create_model', 'count_flops', 'basic_width_kwargs']
 
 # %% ../nbs/03_model.ipynb #efb2b408
 class TrainOnlyNoise(nn.Module):
@@ -390,3 +391,15 @@ def count_flops(model: nn.Module, img_size: int = 224, train_step: bool = False)
         out = twin(x)
         if train_step: out.sum().backward()
     return fc.get_total_flops() // 2
+
+# %% ../nbs/03_model.ipynb #width002
+def basic_width_kwargs(width_mult: float = 1.0) -> dict:
+    """`widths` and `gn_groups` of a BasicCNNModel `width_mult` times as wide as the default, with as many channels
+    per GroupNorm group as the default: `width_mult` × 32 must be a whole number (0.25, 0.5, 0.75, 1, 1.5, …)."""
+    default = inspect.signature(BasicCNNModel).parameters
+    widths, groups = default['widths'].default, default['gn_groups'].default
+    g = groups * width_mult if isinstance(width_mult, (int, float)) and not isinstance(width_mult, bool) else float('nan')
+    if not (g >= 1 and math.isclose(g, round(g))):
+        raise BrainMRIError(f"width_mult={width_mult!r} must be a number > 0 that makes {groups} × width_mult a whole number "
+                            f"(0.25, 0.5, 0.75, 1, …), so each GroupNorm group keeps the default's channels")
+    return dict(widths=tuple(tuple(round(w * width_mult) for w in ws) for ws in widths), gn_groups=round(g))

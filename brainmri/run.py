@@ -21,7 +21,7 @@ from .core import (BrainMRIError, check_bool, check_channels, check_choice, chec
 from .data import (CustomTumorDataset, PreparedStore, check_classes, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
 from .augment import RESIZE_MODES, AugmentConfig, PhaseTransform, eval_transform
-from .model import MODELS, create_model
+from .model import MODELS, basic_width_kwargs, create_model
 from .schedule import ScheduleConfig
 from .losses import make_loss
 from .learner import Learner
@@ -80,6 +80,7 @@ class TrainConfig:
     model: str = 'basic'                # basic (BasicCNNModel), resnet18 (from scratch, 1-channel stem) or small_cnn (4 conv stages)
     dropouts: tuple = (0.1, 0.2, 0.3)   # Dropout2d p of the ConvBlocks of block 1, 2, 3
     noise_std: float = 0.02             # std of the train-only Gaussian noise in every ConvBlock
+    width_mult: float = 1.0             # BasicCNNModel's ConvBlock widths (and GroupNorm groups) times this: 0.5 has about a quarter of the arithmetic
     # speed
     channels_last: bool | None = None   # channels-last memory format (default: auto, on for CUDA)
     compile: bool = False               # torch.compile, falling back to eager if it fails
@@ -159,6 +160,7 @@ class TrainConfig:
         d = tuple(self.dropouts) if isinstance(self.dropouts, (list, tuple)) else ()
         if len(d) != 3: raise BrainMRIError(f'dropouts={self.dropouts!r} must be three probabilities, one per block')
         self.dropouts = tuple(check_number(p, 'dropouts', 0, 1, hi_open=True) for p in d)
+        basic_width_kwargs(self.width_mult)   # the error names width_mult
         self.schedule = config_group(ScheduleConfig, self.schedule, 'schedule')
         self.mechanisms = config_group(MechanismConfig, self.mechanisms, 'mechanisms')
         get_device(self.device)  # an unknown or absent device stops here
@@ -337,9 +339,11 @@ def build_data(cfg: TrainConfig, store: PreparedStore, run_dir: str | os.PathLik
 def build_model(cfg: TrainConfig, n_classes: int = 3):
     "The model `cfg.model` names: BasicCNNModel (block 1 open; progressive unfreezing opens the others), ResNet-18 or SmallCNN."
     if cfg.model == 'basic':
-        return create_model(in_chans=cfg.channels, n_classes=n_classes, head=cfg.head, dropouts=cfg.dropouts, noise_std=cfg.noise_std)
+        return create_model(in_chans=cfg.channels, n_classes=n_classes, head=cfg.head, dropouts=cfg.dropouts, noise_std=cfg.noise_std,
+                            **basic_width_kwargs(cfg.width_mult))
     for on, mech in ((cfg.progressive_unfreeze, 'progressive unfreezing'), (cfg.dynamic_regularisation, 'dynamic regularisation')):
         if on: log(f"model={cfg.model}: {mech} is off (it acts on BasicCNNModel's blocks and dropout layers, which this model does not have)", 'warn')
+    if cfg.width_mult != 1: log(f"model={cfg.model}: width_mult={cfg.width_mult:g} is ignored (it scales BasicCNNModel's blocks)", 'warn')
     return create_model(cfg.model, in_chans=cfg.channels, n_classes=n_classes)
 
 def recipe_callbacks(cfg: TrainConfig) -> list:
