@@ -4,9 +4,9 @@
 
 # %% ../nbs/00_core.ipynb #c004
 from __future__ import annotations
-import contextlib, dataclasses, json, math, numbers, os, random, shutil, tempfile, uuid
+import contextlib, dataclasses, json, math, numbers, os, random, shutil, signal, tempfile, threading, uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ __all__ = ['IMAGE_SUFFIXES', 'console', 'text_console', 'BrainMRIError', 'get_de
            'check_choice', 'to_plain', 'nan_to_none', 'config_group', 'seed_everything', 'seed_worker',
            'make_generator', 'check_channels', 'check_indices', 'repo_root', 'sample_data_dir', 'check_path',
            'project_root', 'project_path', 'injected_parameters', 'check_names', 'atomic_write', 'atomic_dir',
-           'save_json', 'load_json', 'dist_rank', 'is_main_process', 'log', 'progress']
+           'save_json', 'load_json', 'deferred_interrupt', 'dist_rank', 'is_main_process', 'log', 'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 class BrainMRIError(ValueError):
@@ -256,6 +256,22 @@ def load_json(path: str | os.PathLike) -> Any:
     try: return json.loads(Path(path).read_text(encoding='utf-8'))
     except FileNotFoundError: raise BrainMRIError(f"{path} does not exist") from None
     except json.JSONDecodeError as e: raise BrainMRIError(f"{path} is not valid JSON: {e}") from None
+
+# %% ../nbs/00_core.ipynb #c022b
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[Callable[[], None]]:
+    """Hold Ctrl-C (SIGINT) inside the block; the yielded `check()` raises KeyboardInterrupt once one came, and the
+    block's end raises it if no `check()` did. Off the main thread, or under another handler than Python's own, Ctrl-C
+    is left as it is and `check()` does nothing."""
+    came = []   # a list, not an Event: the handler then takes no lock either
+    def check() -> None:
+        if came: raise KeyboardInterrupt
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield check; return
+    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try: yield check
+    finally: signal.signal(signal.SIGINT, signal.default_int_handler)
+    check()   # one that came after the block's last check is not lost
 
 # %% ../nbs/00_core.ipynb #c024
 console = Console(highlight=False, soft_wrap=True)   # log lines stay whole in files and papermill output

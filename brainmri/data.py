@@ -17,17 +17,17 @@ import torch
 from fastcore.script import anno_parser
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
-from .core import (IMAGE_SUFFIXES, BrainMRIError, check_channels, check_indices, check_int, atomic_dir, atomic_write, check_path, load_json, log,
+from .core import (IMAGE_SUFFIXES, BrainMRIError, check_channels, check_indices, check_int, atomic_dir, atomic_write, check_path, deferred_interrupt, load_json, log,
                            make_generator, progress, repo_root, sample_data_dir, save_json, seed_worker)
 
 # %% auto #0
 __all__ = ['CLASSES', 'NO_TUMOUR', 'FIGSHARE_LABELS', 'FORMAT_VERSION', 'JUNK_FILES', 'BOX_COLS', 'KAGGLE_SPLITS',
            'canonical_class', 'class_from_name', 'check_classes', 'window_uint8', 'to_square_uint8', 'resize_mask',
            'box_from_mask', 'write_figshare_mat', 'write_cvind_mat', 'read_figshare_mat', 'read_cvind', 'detect_format',
-           'decode_image', 'source_fingerprint', 'prepare', 'PreparedStore', 'load_store', 'store_tensor',
-           'write_synthetic_folders', 'CustomTumorDataset', 'split_by_group', 'group_kfold', 'figshare_folds',
-           'class_counts', 'get_class_balanced_weights', 'make_weighted_sampler', 'make_loader', 'prepare_cmd',
-           'prepare_cli', 'make_sample']
+           'decode_image', 'source_fingerprint', 'StoreTakenError', 'prepare', 'PreparedStore', 'load_store',
+           'store_tensor', 'write_synthetic_folders', 'CustomTumorDataset', 'split_by_group', 'group_kfold',
+           'figshare_folds', 'class_counts', 'get_class_balanced_weights', 'make_weighted_sampler', 'make_loader',
+           'prepare_cmd', 'prepare_cli', 'make_sample']
 
 # %% ../nbs/01_data.ipynb #c007
 CLASSES = ('glioma', 'meningioma', 'pituitary')   # the figshare release's classes, and the default
@@ -381,6 +381,11 @@ def source_fingerprint(src: str | os.PathLike) -> str:
         h.update(f'{p.relative_to(src).as_posix() if p != src else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
     return h.hexdigest()
 
+class StoreTakenError(BrainMRIError):
+    "`prepare` refused a DEST that holds another store or other files; `reason` says what, `way_out` how to replace it."
+    def __init__(self, reason: str, way_out: str = "pass overwrite=True (--overwrite) to replace it"):
+        super().__init__(f"{reason}; {way_out}"); self.reason = reason
+
 def _check_dest(src: Path, dest: Path, fingerprint: str, args: dict, overwrite: bool) -> bool:
     "True when `dest` already holds this exact store; raise when it holds something else and not `overwrite`."
     s, d = src.resolve(), dest.resolve()
@@ -399,11 +404,11 @@ def _check_dest(src: Path, dest: Path, fingerprint: str, args: dict, overwrite: 
                f"it is format {meta.get('format_version')} and this kit writes {FORMAT_VERSION}" if meta.get('format_version') != FORMAT_VERSION else
                "the source's files have changed since (names, sizes or modification times)")
         held = f"dest={str(dest)!r} holds a store prepared from {meta.get('src')!r} with {meta.get('args')}, but {why}"
-        if not overwrite: raise BrainMRIError(f"{held}; pass overwrite=True (--overwrite) to replace it")
+        if not overwrite: raise StoreTakenError(held)
         log(f"{held}: preparing it again", 'warn')
     elif any(dest.iterdir()) and not overwrite:
-        raise BrainMRIError(f"dest={str(dest)!r} holds other files and is not a prepared store; "
-                            "choose an empty or new folder, or pass overwrite=True (--overwrite) to replace it")
+        raise StoreTakenError(f"dest={str(dest)!r} holds other files and is not a prepared store",
+                              "choose an empty or new folder, or pass overwrite=True (--overwrite) to replace it")
     return False
 
 def _report_bad(bad: list[tuple[str, str]], skip_bad: bool, src: Path) -> list[dict]:
@@ -458,25 +463,28 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, sk
         masks = (np.lib.format.open_memmap(tmp / 'masks.npy', mode='w+', dtype=np.uint8, shape=(n, size, size))
                  if fmt == 'figshare-mat' else None)
         keep = np.zeros(n, bool)
-        ex = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
-        try:
-            results = ex.map(lambda it: _decode_item(it, size, zips), items)
-            for i, (rec, why) in enumerate(progress(results, total=n, desc=f'preparing {n} images', disable=quiet)):
-                it = items[i]
-                if why is not None:
-                    if not skip_bad: raise BrainMRIError(f"{why}. Fix or remove it, or pass skip_bad=True (--skip-bad) to skip bad files")
-                    log(f"skipped {why}", 'warn'); skipped.append(dict(file=it.orig_file, why=why)); continue
-                images[i] = rec.pop('image')
-                if masks is not None: masks[i] = rec.pop('mask')
-                keep[i] = True
-                row = dict(it.meta, **rec)
-                row.update(source=fmt, orig_file=it.orig_file, label_idx=classes.index(row['label']))
-                if row.get('group') is None: row['group'] = it.orig_file
-                if folds is not None: row['split_hint'] = int(folds[it.meta['figshare_index'] - 1])
-                recs.append(row)
-        finally:
-            ex.shutdown(wait=True, cancel_futures=True)
-            for z in zips.__dict__.get('open', {}).values(): z.close()
+        # Ctrl-C stops at the next image: raised inside the pool's locks it could hang the pool's shutdown (00_core)
+        with deferred_interrupt() as check_interrupt:
+            ex = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
+            try:
+                results = ex.map(lambda it: _decode_item(it, size, zips), items)
+                for i, (rec, why) in enumerate(progress(results, total=n, desc=f'preparing {n} images', disable=quiet)):
+                    check_interrupt()
+                    it = items[i]
+                    if why is not None:
+                        if not skip_bad: raise BrainMRIError(f"{why}. Fix or remove it, or pass skip_bad=True (--skip-bad) to skip bad files")
+                        log(f"skipped {why}", 'warn'); skipped.append(dict(file=it.orig_file, why=why)); continue
+                    images[i] = rec.pop('image')
+                    if masks is not None: masks[i] = rec.pop('mask')
+                    keep[i] = True
+                    row = dict(it.meta, **rec)
+                    row.update(source=fmt, orig_file=it.orig_file, label_idx=classes.index(row['label']))
+                    if row.get('group') is None: row['group'] = it.orig_file
+                    if folds is not None: row['split_hint'] = int(folds[it.meta['figshare_index'] - 1])
+                    recs.append(row)
+            finally:
+                ex.shutdown(wait=True, cancel_futures=True)
+                for z in zips.__dict__.get('open', {}).values(): z.close()
         if not recs: raise BrainMRIError(f"src={str(src)!r}: every image was bad, nothing to import")
         empty = [c for c in classes if not any(r['label'] == c for r in recs)]
         if empty and 'classes' in args: raise BrainMRIError(f"src={str(src)!r} has no images of class {empty[0]!r} (classes: {', '.join(classes)}): "

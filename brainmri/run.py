@@ -18,7 +18,7 @@ import torch
 from .core import (BrainMRIError, check_bool, check_channels, check_choice, check_int, check_number, check_path,
                            check_names, config_group, get_device, injected_parameters, is_main_process, load_json, log,
                            save_json, seed_everything, to_plain)
-from .data import (CustomTumorDataset, PreparedStore, check_classes, class_counts, get_class_balanced_weights, load_store,
+from .data import (CustomTumorDataset, PreparedStore, StoreTakenError, check_classes, class_counts, get_class_balanced_weights, load_store,
                    make_loader, make_weighted_sampler, prepare, split_by_group)
 from .augment import RESIZE_MODES, AugmentConfig, PhaseTransform, eval_transform
 from .model import MODELS, basic_width_kwargs, create_model
@@ -290,7 +290,13 @@ def get_store(cfg: TrainConfig) -> PreparedStore:
     # arguments changed since) is prepared again, as make would; one of another source that shares the folder's
     # name, or a store_dir you name, is never replaced unasked
     kit_cache = not cfg.store_dir and _store_src(dest) == str(src.resolve())
-    return load_store(prepare(src, dest, size=cfg.prep_size, classes=cfg.classes, overwrite=kit_cache), cfg.classes)
+    try: store = prepare(src, dest, size=cfg.prep_size, classes=cfg.classes, overwrite=kit_cache)
+    except StoreTakenError as e:   # prepare's own way out is its --overwrite; brainmri_train's replaces the run folder
+        classes = f" --classes {','.join(check_classes(cfg.classes))}" if cfg.classes else ''
+        raise StoreTakenError(e.reason, f"to replace it, run `brainmri_prepare {src} {dest} --size {cfg.prep_size}{classes} "
+                              "--overwrite`, or set store_dir to another folder (brainmri_train's --overwrite "
+                              "replaces the run folder, not the store)") from None
+    return load_store(store, cfg.classes)
 
 def use_gpu_data(cfg: TrainConfig) -> bool:
     "Whether the images live on the device and are augmented there."
