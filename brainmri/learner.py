@@ -23,8 +23,8 @@ from .distributed import broadcast_buffers, distribute_loader, gather_ordered, i
 from .schedule import extend_schedulers
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelBatchException', 'CancelFitException', 'RunFinished', 'Callback', 'resolve_amp', 'Learner',
-           'Recorder', 'rough_duration', 'ProgressCallback', 'LRScheduleCallback', 'CheckpointCallback',
+__all__ = ['EVENTS', 'CancelBatchException', 'CancelFitException', 'RunFinished', 'Callback', 'cpu_does_bf16', 'resolve_amp',
+           'Learner', 'Recorder', 'rough_duration', 'ProgressCallback', 'LRScheduleCallback', 'CheckpointCallback',
            'GPUMemoryCallback', 'BatchNormRecalibration', 'NaNGuard']
 
 # %% ../nbs/05_learner.ipynb #c006
@@ -60,6 +60,11 @@ class Callback:
     def __repr__(self): return f'{type(self).__name__}(order={self.order}, enabled={self.enabled})'
 
 # %% ../nbs/05_learner.ipynb #c009
+def cpu_does_bf16() -> bool:
+    "Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast runs faster than fp32."
+    try: return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError: return False   # a torch without these probes: take the CPU to emulate bf16
+
 def resolve_amp(amp: str | bool | None, device: torch.device) -> str | None:
     "The autocast dtype name ('bf16', 'fp16' or None) for the `amp` setting on `device`."
     if amp in (None, False, 'none', 'off', 'no'): return None

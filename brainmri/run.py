@@ -24,7 +24,7 @@ from .augment import RESIZE_MODES, AugmentConfig, PhaseTransform, eval_transform
 from .model import MODELS, basic_width_kwargs, create_model
 from .schedule import ScheduleConfig
 from .losses import make_loss
-from .learner import Learner
+from .learner import Learner, cpu_does_bf16
 from .distributed import finish_distributed, init_distributed, launched_distributed, rank0_first, rank0_only
 from .callbacks import MechanismConfig, default_callbacks
 from .evaluate import evaluate_run
@@ -397,6 +397,9 @@ def run_training(cfg: TrainConfig) -> Path:
     log(f"run {run_dir}: {len(data.splits['train'])} train / {len(data.splits['val'])} val / "
         f"{len(data.splits['test'])} test images, classes {', '.join(store.classes)}", 'info')
     learn = build_learner(cfg, build_model(cfg, len(store.classes)), data, run_dir)
+    if learn.device.type == 'cpu' and learn.amp is None and cfg.amp == 'auto' and cpu_does_bf16():
+        log("this CPU computes in bf16 natively: --amp bf16 trains about 1.6x faster here, and on the quick start's "
+            "proxy it scored like fp32 within noise (docs/results.md)", 'info')
     history = run_dir / 'history.json'
     epochs_before = len(load_json(history)) if cfg.resume and history.exists() else None
     learn.fit(cfg.epochs, resume=cfg.resume)
