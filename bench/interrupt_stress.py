@@ -10,7 +10,7 @@ waits for ever on a lock the interrupted main thread kept, and the process would
 A trial that hangs for 20 s dumps every thread's stack and ends the process with exit code 1. Exit code 1 too when
 `held` breaks or leaves a thread stuck once.
 
-2026-12-03, AMD EPYC (2 cores), CPython 3.11.7, 3 × 3000 trials each:
+2026-12-03, AMD EPYC Zen 4 (family 25 model 17, 2 cores), CPython 3.11.7, 3 × 3000 trials each:
 - plain: 60 broken (RuntimeError: release unlocked lock), 3 stuck (a worker whose start was interrupted, waiting for
   ever on the lock of its `started` event). That hang made CI's test_ctrl_c_leaves_no_store time out: the same
   test by hand hung 1 time in 120 (a worker in `_idle_semaphore.release()`, the main thread in the pool's shutdown).
