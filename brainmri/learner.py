@@ -70,7 +70,7 @@ def resolve_amp(amp: str | bool | None, device: torch.device) -> str | None:
     if amp in (None, False, 'none', 'off', 'no'): return None
     if amp in (True, 'auto'):
         if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
-        return None
+        return 'bf16' if device.type == 'cpu' and cpu_does_bf16() else None   # elsewhere bf16 is emulated: slower
     if amp in ('bf16', 'fp16'): return amp
     raise BrainMRIError(f"amp={amp!r} must be 'auto', 'bf16', 'fp16' or None")
 

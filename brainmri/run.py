@@ -70,7 +70,7 @@ class TrainConfig:
     lr: float = 1e-2                    # peak of the composite schedule
     wd: float = 5e-4                    # AdamW weight decay
     grad_accum: int = 4                 # micro-batches per optimizer step
-    amp: str = 'auto'                   # auto (bf16 where supported, else fp16 on CUDA; off on CPU), bf16, fp16, none
+    amp: str = 'auto'                   # auto (CUDA: bf16 where supported, else fp16; CPU: bf16 where computed natively, else off), bf16, fp16, none
     workers: int = 4                    # DataLoader workers (CPU data path)
     loss: str = 'ce'                    # ce (class-weighted cross-entropy) or focal
     label_smoothing: float = 0.0        # label smoothing of the loss
@@ -235,7 +235,8 @@ def environment() -> dict:
     "Where a run ran: versions and the device's name."
     dev = get_device('auto')
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores'
-    return {'python': platform.python_version(), 'torch': torch.__version__, 'device_name': name, 'platform': platform.platform()}
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'device_name': name, 'platform': platform.platform(),
+            'cpu_bf16': cpu_does_bf16()}   # on such a CPU amp 'auto' trains in bf16 autocast
 
 # what params.json holds beside the parameters: a copied params.json given as --config may carry them
 RUN_RECORD_KEYS = ('mean', 'std', 'store', 'environment', 'started', 'resumed')
@@ -397,9 +398,9 @@ def run_training(cfg: TrainConfig) -> Path:
     log(f"run {run_dir}: {len(data.splits['train'])} train / {len(data.splits['val'])} val / "
         f"{len(data.splits['test'])} test images, classes {', '.join(store.classes)}", 'info')
     learn = build_learner(cfg, build_model(cfg, len(store.classes)), data, run_dir)
-    if learn.device.type == 'cpu' and learn.amp is None and cfg.amp == 'auto' and cpu_does_bf16():
-        log("this CPU computes in bf16 natively: --amp bf16 trains about 1.6x faster here, and on the quick start's "
-            "proxy it scored like fp32 within noise (docs/results.md)", 'info')
+    if learn.device.type == 'cpu' and learn.amp == 'bf16' and cfg.amp == 'auto':
+        log("this CPU computes in bf16 natively, so amp 'auto' trains in bf16 autocast, about 1.6x faster than fp32 "
+            "and as accurate on the quick start's proxy (docs/results.md); --amp none keeps full precision", 'info')
     history = run_dir / 'history.json'
     epochs_before = len(load_json(history)) if cfg.resume and history.exists() else None
     learn.fit(cfg.epochs, resume=cfg.resume)

@@ -40,7 +40,8 @@ SCRIPT = textwrap.dedent('''
     va = DataLoader(TensorDataset(X[100:137], y[100:137]), batch_size=8)   # 37 images: not divisible by 2
     torch.manual_seed(rank + 1)                     # different initial weights: DDP must start from rank 0's
     model = nn.Sequential(nn.Linear(6, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
-    learn = L.Learner(model, tr, va, lr=1e-2, grad_accum=2, run_dir=out / 'run', progress_bar=False, seed=0)
+    # full precision: the gathered metrics are compared below with fp32 arithmetic on the whole set
+    learn = L.Learner(model, tr, va, lr=1e-2, grad_accum=2, run_dir=out / 'run', progress_bar=False, seed=0, amp=None)
     assert learn.distributed and dist.get_world_size() == 2
     learn.fit(3)
     v = learn.validate(return_preds=True)
@@ -138,7 +139,8 @@ def test_torchrun_brainmri_train_end_to_end(tmp_path):
     for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
     common = ['--data-dir', src, '--store-dir', tmp_path / 'store', '--epochs', 3, '--img-size', 32, '--prep-size', 64,
               '--grad-accum', 1, '--workers', 0, '--n-boot', 20, '--device', 'cpu', '--no-early-stopping', '--no-rollback',
-              '--no-mixup', '--no-dynamic-regularisation', '--dropouts', 0, 0, 0, '--noise-std', 0]
+              '--no-mixup', '--no-dynamic-regularisation', '--dropouts', 0, 0, 0, '--noise-std', 0,
+              '--amp', 'none']   # fp32 on every CPU, as measured in the docstring: this compares DDP, not precision
     ddp = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--standalone', bin_path('brainmri_train'),
            *map(str, common), '--batch-size', '8']
     r = subprocess.run(ddp, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
