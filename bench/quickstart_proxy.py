@@ -70,7 +70,8 @@ def proxy_run(fold: int, seed: int, overrides: dict, work: Path, shared: Path, r
     cfg = run.config_with_preset('sample', **{**overrides, 'data_dir': str(sample.path), 'run_dir': str(out), 'overwrite': True,
                                               'seed': seed, 'evaluate': False, 'workers': 0,
                                               # the quick start's pipeline on any device: CPU augmentation, fp32
-                                              # unless the setting names its autocast (e.g. {"amp": "bf16"})
+                                              # on every machine unless the setting names its autocast (the quick
+                                              # start itself trains in bf16 on a CPU that does it natively: {"amp": "bf16"})
                                               'device': device, 'gpu_data': 'off', 'amp': overrides.get('amp', 'none')})
     unseen_ds = CustomTumorDataset(full, unseen, eval_transform(cfg.img_size, resize=cfg.resize), cfg.channels)
     probe = UnseenAccuracy(make_loader(unseen_ds, 128, train=False, workers=0))
