@@ -24,7 +24,7 @@ from .augment import RESIZE_MODES, AugmentConfig, PhaseTransform, eval_transform
 from .model import MODELS, basic_width_kwargs, create_model
 from .schedule import ScheduleConfig
 from .losses import make_loss
-from .learner import Learner, cpu_does_bf16
+from .learner import Learner, resolve_amp
 from .distributed import finish_distributed, init_distributed, launched_distributed, rank0_first, rank0_only
 from .callbacks import MechanismConfig, default_callbacks
 from .evaluate import evaluate_run
@@ -235,11 +235,10 @@ def environment() -> dict:
     "Where a run ran: versions and the device's name."
     dev = get_device('auto')
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores'
-    return {'python': platform.python_version(), 'torch': torch.__version__, 'device_name': name, 'platform': platform.platform(),
-            'cpu_bf16': cpu_does_bf16()}   # on such a CPU amp 'auto' trains in bf16 autocast
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'device_name': name, 'platform': platform.platform()}
 
 # what params.json holds beside the parameters: a copied params.json given as --config may carry them
-RUN_RECORD_KEYS = ('mean', 'std', 'store', 'environment', 'started', 'resumed')
+RUN_RECORD_KEYS = ('mean', 'std', 'store', 'autocast', 'environment', 'started', 'resumed')
 
 def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
     "Make the run folder for `cfg` (refusing another run's folder unless overwrite/resume) and write params.json."
@@ -253,12 +252,19 @@ def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
     cfg.run_dir = str(run_dir)
     if not is_main_process(): return run_dir
     now = datetime.datetime.now().isoformat(timespec='seconds')
+    autocast = resolve_amp(cfg.amp, get_device(cfg.device))   # amp 'auto' depends on the GPU, or on the CPU's bf16
     if used and cfg.resume and (run_dir / 'params.json').exists():
         # params.json keeps the run's first parameters; a resume adds when, and what it changed
         params = load_json(run_dir / 'params.json')
         changed = {k: v for k, v in to_plain(asdict(cfg)).items() if k not in ('resume', 'overwrite') and params.get(k) != v}
         if changed: log(f"resuming {run_dir} with changed parameters: {changed}", 'warn')
-        params['resumed'] = [*params.get('resumed', []), {'when': now, 'changed': changed, 'environment': environment()}]
+        # the precision it trained in last (params.json before the seventeenth session recorded none)
+        before = next((r['autocast'] for r in [*params.get('resumed', [])[::-1], params] if 'autocast' in r), autocast)
+        if before != autocast:
+            log(f"{run_dir} trained with autocast {before or 'off'} and resumes with {autocast or 'off'} on this machine "
+                f"(amp={cfg.amp!r}): --amp {before or 'none'} keeps the precision it had", 'warn')
+        params['resumed'] = [*params.get('resumed', []), {'when': now, 'changed': changed, 'autocast': autocast,
+                                                          'environment': environment()}]
         save_json(params, run_dir / 'params.json')
         return run_dir
     if used and cfg.overwrite:   # start afresh: everything the earlier run wrote goes (papermill notebooks stay)
@@ -266,8 +272,8 @@ def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
             if p.suffix != '.ipynb': shutil.rmtree(p) if p.is_dir() else p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     aug = AugmentConfig()   # the normalisation that evaluation must repeat
-    save_json({**asdict(cfg), 'mean': aug.mean, 'std': aug.std, **(extra or {}), 'environment': environment(),
-               'started': now}, run_dir / 'params.json')
+    save_json({**asdict(cfg), 'mean': aug.mean, 'std': aug.std, **(extra or {}), 'autocast': autocast,
+               'environment': environment(), 'started': now}, run_dir / 'params.json')
     return run_dir
 
 # %% ../nbs/10_run.ipynb #c015
