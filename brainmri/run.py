@@ -231,9 +231,9 @@ def default_run_dir(root: str | os.PathLike = 'runs') -> Path:
     while p.exists(): p, i = base.with_name(f'{base.name}-{i}'), i + 1
     return p
 
-def environment() -> dict:
-    "Where a run ran: versions and the device's name."
-    dev = get_device('auto')
+def environment(device: str | torch.device = 'auto') -> dict:
+    "Where a run on `device` ran: versions and the device's name."
+    dev = get_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores'
     return {'python': platform.python_version(), 'torch': torch.__version__, 'device_name': name, 'platform': platform.platform()}
 
@@ -264,7 +264,7 @@ def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
             log(f"{run_dir} trained with autocast {before or 'off'} and resumes with {autocast or 'off'} on this machine "
                 f"(amp={cfg.amp!r}): --amp {before or 'none'} keeps the precision it had", 'warn')
         params['resumed'] = [*params.get('resumed', []), {'when': now, 'changed': changed, 'autocast': autocast,
-                                                          'environment': environment()}]
+                                                          'environment': environment(cfg.device)}]
         save_json(params, run_dir / 'params.json')
         return run_dir
     if used and cfg.overwrite:   # start afresh: everything the earlier run wrote goes (papermill notebooks stay)
@@ -273,7 +273,7 @@ def start_run(cfg: TrainConfig, extra: dict | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     aug = AugmentConfig()   # the normalisation that evaluation must repeat
     save_json({**asdict(cfg), 'mean': aug.mean, 'std': aug.std, **(extra or {}), 'autocast': autocast,
-               'environment': environment(), 'started': now}, run_dir / 'params.json')
+               'environment': environment(cfg.device), 'started': now}, run_dir / 'params.json')
     return run_dir
 
 # %% ../nbs/10_run.ipynb #c015
