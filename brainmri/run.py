@@ -406,7 +406,7 @@ def run_training(cfg: TrainConfig) -> Path:
     learn = build_learner(cfg, build_model(cfg, len(store.classes)), data, run_dir)
     if learn.device.type == 'cpu' and learn.amp == 'bf16' and cfg.amp == 'auto':
         log("this CPU computes in bf16 natively, so amp 'auto' trains in bf16 autocast, about 1.6x faster than fp32 "
-            "and as accurate on the quick start's proxy (docs/results.md); --amp none keeps full precision", 'info')
+            "and as accurate within noise on the quick start's proxy (docs/results.md); --amp none keeps full precision", 'info')
     history = run_dir / 'history.json'
     epochs_before = len(load_json(history)) if cfg.resume and history.exists() else None
     learn.fit(cfg.epochs, resume=cfg.resume)
