@@ -387,7 +387,7 @@ def build_learner(cfg: TrainConfig, model, data: SimpleNamespace, run_dir: str |
                        reference_epochs=REFERENCE_EPOCHS)
     loss = make_loss(cfg.loss, weight=data.class_weights, label_smoothing=cfg.label_smoothing)
     return Learner(model, data.train_dl, data.valid_dl, loss_func=loss, lr=cfg.lr, wd=cfg.wd, cbs=recipe_callbacks(cfg),
-                   device=cfg.device, amp=None if cfg.amp == 'none' else cfg.amp, grad_accum=cfg.grad_accum,
+                   device=cfg.device, amp=cfg.amp, grad_accum=cfg.grad_accum,
                    run_dir=run_dir, lr_schedule=schedule, classes=data.store.classes, channels_last=cfg.channels_last,
                    compile=cfg.compile, seed=cfg.seed, meta=data_meta(cfg, data.store),
                    best_se_margin=cfg.best_se_margin, best_from=cfg.milestone(cfg.best_from))
