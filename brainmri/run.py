@@ -180,10 +180,10 @@ _VAL_DRIVEN_OFF = dict(early_stopping=False, rollback=False, class_penalty=False
 
 PRESETS: dict[str, dict[str, Any]] = {
     'default': {},
-    'sample': dict(img_size=24, prep_size=128, epochs=105, batch_size=16, grad_accum=1, workers=0, n_boot=300,
+    'sample': dict(img_size=24, prep_size=128, epochs=90, batch_size=16, grad_accum=1, workers=0, n_boot=300,
                    lr=3e-3, open_block2_at=0, scale_milestones=False, mixup=False, weighted_sampler=False,
-                   dropouts=(0.0, 0.0, 0.0), noise_std=0.0, aug_boundaries=(80, 96), best_se_margin=1.0, best_from=20,
-                   schedule=dict(floors=((40, 1e-3), (80, 1e-4))), swa=True, swa_start=85, swa_lr=1e-4,
+                   dropouts=(0.0, 0.0, 0.0), noise_std=0.0, aug_boundaries=(65, 81), best_se_margin=1.0, best_from=20,
+                   schedule=dict(floors=((40, 1e-3), (65, 1e-4))), swa=True, swa_start=70, swa_lr=1e-4,
                    **_VAL_DRIVEN_OFF),
     # brainmri_study on ../shared/data/figshare-jpg (2402 slices) on 2 CPU cores in about an hour: 20 runs
     # (full, plain, each mechanism off; seeds 0-2), the recipe as the original has it, at 32 px and 12 epochs
