@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #c004
 from __future__ import annotations
-import hashlib, io, math, multiprocessing, os, platform, re, sys, threading, time, zipfile
+import functools, hashlib, io, math, multiprocessing, os, platform, re, sys, threading, time, zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,10 +24,10 @@ from .core import (IMAGE_SUFFIXES, BrainMRIError, check_channels, check_indices,
 __all__ = ['CLASSES', 'NO_TUMOUR', 'FIGSHARE_LABELS', 'FORMAT_VERSION', 'JUNK_FILES', 'BOX_COLS', 'KAGGLE_SPLITS',
            'canonical_class', 'class_from_name', 'check_classes', 'window_uint8', 'to_square_uint8', 'resize_mask',
            'box_from_mask', 'write_figshare_mat', 'write_cvind_mat', 'read_figshare_mat', 'read_cvind', 'detect_format',
-           'decode_image', 'source_fingerprint', 'StoreTakenError', 'prepare', 'PreparedStore', 'load_store',
-           'store_tensor', 'write_synthetic_folders', 'CustomTumorDataset', 'split_by_group', 'group_kfold',
-           'figshare_folds', 'class_counts', 'get_class_balanced_weights', 'make_weighted_sampler', 'make_loader',
-           'prepare_cmd', 'prepare_cli', 'make_sample']
+           'decode_image', 'source_fingerprint', 'source_content_hash', 'StoreTakenError', 'prepare', 'PreparedStore',
+           'load_store', 'store_tensor', 'write_synthetic_folders', 'CustomTumorDataset', 'split_by_group',
+           'group_kfold', 'figshare_folds', 'class_counts', 'get_class_balanced_weights', 'make_weighted_sampler',
+           'make_loader', 'prepare_cmd', 'prepare_cli', 'make_sample']
 
 # %% ../nbs/01_data.ipynb #c007
 CLASSES = ('glioma', 'meningioma', 'pituitary')   # the figshare release's classes, and the default
@@ -372,13 +372,23 @@ def _decode_item(it: _Item, size: int, zips: threading.local) -> tuple[dict | No
     except Exception as e: return None, f"{it.where}: {type(e).__name__}: {e}"
 
 # %% ../nbs/01_data.ipynb #c027
+def _source_files(src: Path) -> list[tuple[str, Path]]:
+    "(relative name, path) of `src` itself when a file, else of every file below it, in a fixed order."
+    if src.is_file(): return [(src.name, src)]
+    return [(p.relative_to(src).as_posix(), p) for p in sorted(p for p in src.rglob('*') if p.is_file())]
+
 def source_fingerprint(src: str | os.PathLike) -> str:
     "A hash of every file below `src` (relative path, size, mtime): it changes when the source does."
-    src = Path(src); h = hashlib.sha1()
-    files = [src] if src.is_file() else sorted(p for p in src.rglob('*') if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f'{p.relative_to(src).as_posix() if p != src else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+    h = hashlib.sha1()
+    for name, p in _source_files(Path(src)):
+        st = p.stat(); h.update(f'{name}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+    return h.hexdigest()
+
+def source_content_hash(src: str | os.PathLike) -> str:
+    "A hash of every file below `src` (relative path and bytes): a copy that lost its modification times still matches."
+    h = hashlib.sha1()
+    for name, p in _source_files(Path(src)):
+        with open(p, 'rb') as f: h.update(f'{name}\0'.encode() + hashlib.file_digest(f, 'sha1').digest())
     return h.hexdigest()
 
 class StoreTakenError(BrainMRIError):
@@ -386,8 +396,9 @@ class StoreTakenError(BrainMRIError):
     def __init__(self, reason: str, way_out: str = "pass overwrite=True (--overwrite) to replace it"):
         super().__init__(f"{reason}; {way_out}"); self.reason = reason
 
-def _check_dest(src: Path, dest: Path, fingerprint: str, args: dict, overwrite: bool) -> bool:
-    "True when `dest` already holds this exact store; raise when it holds something else and not `overwrite`."
+def _check_dest(src: Path, dest: Path, fingerprint: str, content_hash: Callable[[], str], args: dict, overwrite: bool) -> bool:
+    """True when `dest` already holds this exact store; raise when it holds something else and not `overwrite`.
+    `content_hash()` hashes the source's bytes: asked only when the fingerprint (names, sizes, times) differs."""
     s, d = src.resolve(), dest.resolve()
     if d == s or s in d.parents or d in s.parents:
         raise BrainMRIError(f"dest={str(dest)!r} and src={str(src)!r} overlap: put the prepared store outside the source")
@@ -397,11 +408,18 @@ def _check_dest(src: Path, dest: Path, fingerprint: str, args: dict, overwrite: 
     if meta_path.exists():
         try: meta = load_json(meta_path)
         except BrainMRIError: meta = {}
-        if (meta.get('fingerprint'), meta.get('args'), meta.get('format_version')) == (fingerprint, args, FORMAT_VERSION): return True
+        same_kind = (meta.get('args'), meta.get('format_version')) == (args, FORMAT_VERSION)
+        if same_kind and meta.get('fingerprint') == fingerprint: return True
+        if same_kind and meta.get('content_hash') and meta['content_hash'] == content_hash():
+            # touched, or copied without modification times: the same bytes, so the store stands
+            try: save_json({**meta, 'fingerprint': fingerprint}, meta_path)   # atomic: the next call is quick again
+            except OSError as e: log(f"{meta_path}: could not record the source's new modification times ({e})", 'warn')
+            return True
         # say which of the three differs: a re-run after the source moved on must not look like a typo in the args
         why = ("its meta.json can't be read" if not meta else
                f"this call asks for {args}" if meta.get('args') != args else
                f"it is format {meta.get('format_version')} and this kit writes {FORMAT_VERSION}" if meta.get('format_version') != FORMAT_VERSION else
+               "the source's files have changed since (names, sizes or contents)" if meta.get('content_hash') else
                "the source's files have changed since (names, sizes or modification times)")
         held = f"dest={str(dest)!r} holds a store prepared from {meta.get('src')!r} with {meta.get('args')}, but {why}"
         if not overwrite: raise StoreTakenError(held)
@@ -434,10 +452,11 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, sk
     fmt = detect_format(src)
     classes = check_classes(classes)
     args = dict(size=int(size), skip_bad=bool(skip_bad), **({'classes': list(classes)} if classes else {}))
-    fingerprint = source_fingerprint(src)
-    if _check_dest(src, dest, fingerprint, args, overwrite):
+    fingerprint, content_hash = source_fingerprint(src), functools.cache(lambda: source_content_hash(src))
+    if _check_dest(src, dest, fingerprint, content_hash, args, overwrite):
         if not quiet: log(f"{dest} already holds this store (same source, same arguments): nothing to do", 'good')
         return dest
+    content_hash()   # now, beside the fingerprint: a file that changes while the store is built must not match later
     cvind = cvind_name = None
     if fmt == 'figshare-mat':
         items, cvind, cvind_name, bad = _list_figshare(src)
@@ -503,7 +522,7 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, size: int = 256, sk
         with atomic_write(tmp / 'index.csv', 'w') as f: index.to_csv(f, index=False, lineterminator='\n')
         sizes = index.groupby(['orig_h', 'orig_w']).size()
         meta = dict(format_version=FORMAT_VERSION, classes=list(classes), size=int(size), n=len(index), source_format=fmt,
-                    src=str(src.resolve()), fingerprint=fingerprint, args=args,
+                    src=str(src.resolve()), fingerprint=fingerprint, content_hash=content_hash(), args=args,
                     counts={c: int((index.label == c).sum()) for c in classes}, n_groups=int(index.group.nunique()),
                     has_masks=fmt == 'figshare-mat', has_boxes=bool(index.box_xc.notna().any()),
                     has_folds=folds is not None, orig_sizes={f'{w}x{h}': int(k) for (h, w), k in sizes.items()},
